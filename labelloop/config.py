@@ -1,0 +1,277 @@
+"""The one typed settings object.
+
+Everything configurable lives here so that a deployment is described in one place: environment
+variables (``LABELLOOP_<SECTION>__<NAME>``, e.g. ``LABELLOOP_DB__URL``), an optional YAML file
+named by ``LABELLOOP_CONFIG_FILE``, and explicit keyword arguments (highest precedence).
+Nothing reads settings from module globals: callers build a :class:`Settings` and pass it on,
+which keeps tests and Airflow workers free of hidden shared state.
+
+Secrets are :class:`pydantic.SecretStr`, so ``repr``/logging shows ``**********``;
+:meth:`Settings.redacted` is what the CLI prints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "LABELLOOP_CONFIG_FILE"
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field(
+        "sqlite:///.labelloop/labelloop.db",
+        description="SQLAlchemy URL of the curation database. SQLite is the embedded default; "
+        "production uses PostgreSQL, e.g. postgresql+psycopg://user:pw@host:5432/labelloop.",
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+    pool_size: int = Field(5, ge=1, description="Connection pool size (PostgreSQL only).")
+
+
+class StorageSettings(BaseModel):
+    backend: Literal["local", "s3"] = Field(
+        "local", description="Object store: a local folder (embedded default) or MinIO/S3."
+    )
+    root: Path = Field(
+        Path(".labelloop/objects"), description="Folder that holds the objects when backend=local."
+    )
+    endpoint: str = Field(
+        "127.0.0.1:9000", description="MinIO/S3 endpoint as host:port (no scheme); backend=s3."
+    )
+    access_key: SecretStr = Field(SecretStr("minioadmin"), description="MinIO/S3 access key.")
+    secret_key: SecretStr = Field(SecretStr("minioadmin"), description="MinIO/S3 secret key.")
+    bucket: str = Field("labelloop", description="Bucket that holds every labelloop object.")
+    secure: bool = Field(False, description="Use TLS (https) to reach the endpoint.")
+    region: str | None = Field("us-east-1", description="Bucket region; None lets the SDK ask.")
+    create_bucket: bool = Field(True, description="Create the bucket on first use if it is missing.")
+    presign_expiry_s: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned GET URLs, in seconds."
+    )
+    public_endpoint: str | None = Field(
+        None,
+        description="host:port that browsers use to reach MinIO, when it differs from `endpoint` "
+        "(presigned URLs handed to annotators are signed for this host).",
+    )
+
+
+class IngestSettings(BaseModel):
+    max_image_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Images with more pixels (width*height) are rejected as decompression bombs.",
+    )
+    max_pdf_pages: int = Field(500, ge=1, description="PDFs with more pages are rejected.")
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Files larger than this are rejected without reading."
+    )
+    commit_every: int = Field(200, ge=1, description="Items per database transaction during ingest.")
+    follow_symlinks: bool = Field(False, description="Follow symbolic links when walking a folder.")
+
+
+class VLLMSettings(BaseModel):
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL of the vLLM server."
+    )
+    model: str = Field(
+        "Qwen/Qwen2.5-VL-7B-Instruct", description="Model name as served (--served-model-name)."
+    )
+    model_version: str | None = Field(
+        None,
+        description="Version label stored with predictions; defaults to the model name. Change it "
+        "when the weights change so calibration starts over.",
+    )
+    api_key: SecretStr = Field(SecretStr("EMPTY"), description="Bearer token for the server.")
+    concurrency: int = Field(32, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx and timeouts.")
+    max_tokens: int = Field(1024, ge=1, description="Completion token limit per request.")
+    top_logprobs: int = Field(1, ge=0, le=20, description="top_logprobs to request (>=0).")
+    coordinate_mode: Literal["absolute_resized", "relative_1000"] = Field(
+        "absolute_resized",
+        description="How the model writes boxes: Qwen2.5-VL uses absolute pixels of the resized "
+        "image; Qwen2-VL and Qwen3-VL use 0-1000.",
+    )
+    min_pixels: int = Field(3136, ge=1, description="Client-side resize lower bound (pixels).")
+    max_pixels: int = Field(1_003_520, ge=1, description="Client-side resize upper bound (pixels).")
+
+
+class MinerUSettings(BaseModel):
+    mode: Literal["cli", "http"] = Field("cli", description="Run MinerU as a CLI or call mineru-api.")
+    command: str = Field(
+        "mineru -p {input} -o {output} -b pipeline",
+        description="CLI command template; {input} and {output} are substituted. "
+        "magic-pdf 1.3: 'magic-pdf -p {input} -o {output} -m auto'.",
+    )
+    api_url: str = Field("http://127.0.0.1:8010", description="mineru-api base URL (mode=http).")
+    timeout_s: float = Field(1800.0, gt=0, description="Timeout per document, in seconds.")
+
+
+class DocumentSettings(BaseModel):
+    render_dpi: int = Field(
+        144, ge=36, le=600, description="DPI of page images rendered for review and block boxes."
+    )
+    ocr_min_chars: int = Field(
+        16,
+        ge=0,
+        description="A page whose text layer has fewer characters than this is OCRed.",
+    )
+
+
+class LabelStudioSettings(BaseModel):
+    url: str = Field("http://127.0.0.1:8080", description="Label Studio base URL.")
+    token: SecretStr = Field(SecretStr(""), description="Legacy API token or personal access token (JWT).")
+    import_chunk: int = Field(500, ge=1, description="Tasks per bulk import request.")
+    project_prefix: str = Field("labelloop", description="Prefix of the project titles we create.")
+    media_mode: Literal["local", "s3", "presigned"] = Field(
+        "local",
+        description="How annotators' browsers get images: local files served by Label Studio, "
+        "Label Studio's S3 storage on the object store, or presigned URLs in task data.",
+    )
+    local_files_root: Path | None = Field(
+        None,
+        description="LOCAL_FILES_DOCUMENT_ROOT of the Label Studio server (media_mode=local); "
+        "defaults to the local object store root.",
+    )
+
+
+class RoutingSettings(BaseModel):
+    default_threshold: float = Field(
+        0.9, ge=0, le=1.0001, description="Per-field auto-accept threshold when none is calibrated."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Overrides as {'spec.field': threshold}; > 1 means always review.",
+    )
+    audit_rate: float = Field(
+        0.05, ge=0, le=1, description="Share of would-be auto-accepts sent to review as audit."
+    )
+    audit_salt: str = Field(
+        "labelloop-audit", description="Salt of the deterministic audit hash (change to resample)."
+    )
+
+
+class ExportSettings(BaseModel):
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of items in the validation split.")
+    max_failed_share: float = Field(
+        0.05, ge=0, le=1, description="Quality gate: fail the run when more records fail validation."
+    )
+    qwen_coordinate_mode: Literal["absolute_resized", "relative_1000"] = Field(
+        "absolute_resized",
+        description="Box convention in exported answers: Qwen2.5-VL (absolute_resized) or "
+        "Qwen2-VL/Qwen3-VL (relative_1000).",
+    )
+    min_pixels: int = Field(3136, description="min_pixels the trainer resizes with.")
+    max_pixels: int = Field(12_845_056, description="max_pixels the trainer resizes with.")
+    formats: list[Literal["qwen", "llamafactory", "swift"]] = Field(
+        default_factory=lambda: ["qwen", "llamafactory", "swift"], description="Formats written."
+    )
+
+
+class TrainingSettings(BaseModel):
+    launcher: Literal["subprocess", "http", "kubernetes"] = Field(
+        "subprocess", description="How the training DAG starts training."
+    )
+    command: str = Field(
+        "python -m labelloop.training.check_dataset {annotation_path} {data_path}",
+        description="Command template for launcher=subprocess. Production value: the "
+        "qwen-vl-finetune torchrun command (docs/operations.md).",
+    )
+    webhook_url: str | None = Field(None, description="URL POSTed to when launcher=http.")
+    workdir: Path = Field(Path(".labelloop/training"), description="Where launches run and log.")
+
+
+class CalibrationSettings(BaseModel):
+    target_error: float = Field(0.02, gt=0, lt=1, description="Target change rate of auto-accepts.")
+    min_samples: int = Field(50, ge=1, description="Minimum reviewed samples above a threshold.")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1, description="Level of the upper bound.")
+    bound: Literal["wilson", "clopper_pearson"] = Field("wilson", description="Upper bound method.")
+
+
+class Settings(BaseSettings):
+    """Everything labelloop needs; sections mirror the pipeline stages."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LABELLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        Path(".labelloop"), description="Working folder for embedded defaults (DB, objects, reports)."
+    )
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    mineru: MinerUSettings = Field(default_factory=MinerUSettings)
+    documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return Path(os.path.expanduser(v))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_FILE_ENV)
+        if path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={path}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-able dump with every secret (and password inside URLs) masked."""
+        data = self.model_dump(mode="json")
+        data["db"]["url"] = redact_url(self.db.url)
+        return data
+
+
+def redact_url(url: str) -> str:
+    """Hide the password part of a URL such as postgresql://user:pw@host/db."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: mask anything between ':' and '@'
+        import re
+
+        return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def iter_setting_docs(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(env var, default, description) for every leaf setting; feeds docs/configuration.md."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(iter_setting_docs(ann, f"{prefix}{name.upper()}__"))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = "(secret)"
+        rows.append((f"LABELLOOP_{prefix}{name.upper()}", repr(default), field.description or ""))
+    return rows

@@ -1,0 +1,1 @@
+"""Pre-labeling: backends that turn items into predictions, and the runner that stores them."""

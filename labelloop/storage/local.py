@@ -1,0 +1,122 @@
+"""Object store on a local folder (the embedded default)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import mimetypes
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from labelloop.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
+
+
+class LocalStore(ObjectStore):
+    scheme = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _atomic_write(self, key: str, writer) -> ObjectInfo:  # type: ignore[no-untyped-def]
+        # Write to a temp file in the destination folder, fsync, then rename: rename within one
+        # filesystem is atomic, so readers never see a half-written object.
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self.stat(key)
+
+    def put(
+        self, key: str, data: bytes | BinaryIO, *, length: int | None = None, content_type: str | None = None
+    ) -> ObjectInfo:
+        if isinstance(data, bytes | bytearray | memoryview):
+            return self._atomic_write(key, lambda f: f.write(data))
+        return self._atomic_write(key, lambda f: shutil.copyfileobj(data, f, 1 << 20))
+
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo:
+        with Path(path).open("rb") as src:
+            return self.put(key, src)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    def get_file(self, key: str, path: Path) -> Path:
+        src = self._path(key)
+        if not src.is_file():
+            raise ObjectNotFound(key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, path)
+        return path
+
+    def stat(self, key: str) -> ObjectInfo:
+        p = self._path(key)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        if not p.is_file():
+            raise ObjectNotFound(key)
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            modified=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
+            content_type=mimetypes.guess_type(key)[0],
+        )
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the folder the prefix points into, streaming entries in sorted order.
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base_dir if base_dir else self.root
+        if not start.is_dir():
+            return
+        yield from self._walk(start, prefix)
+
+    def _walk(self, folder: Path, prefix: str) -> Iterator[ObjectInfo]:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if e.name.startswith(".tmp-"):
+                continue
+            key = Path(e.path).relative_to(self.root).as_posix()
+            if e.is_dir(follow_symlinks=False):
+                if key.startswith(prefix) or prefix.startswith(key + "/"):
+                    yield from self._walk(Path(e.path), prefix)
+            elif key.startswith(prefix):
+                st = e.stat()
+                yield ObjectInfo(
+                    key=key, size=st.st_size, modified=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
+                )
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def presigned_url(self, key: str, expires_s: int | None = None) -> str:
+        # A local file needs no signature; the file URI is what a local reader can open.
+        if not self.exists(key):
+            raise ObjectNotFound(key)
+        return self.uri(key)
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
