@@ -31,7 +31,7 @@ NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s",
     "pk": "pk_%(table_name)s",
 }
 
@@ -79,7 +79,7 @@ class ItemAlias(Base):
     """A name (source URI) under which an item's bytes were seen."""
 
     __tablename__ = "item_aliases"
-    __table_args__ = (UniqueConstraint("item_id", "source_uri"),)
+    __table_args__ = (UniqueConstraint("item_id", "source_uri", name="uq_item_aliases_item_uri"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
@@ -93,7 +93,7 @@ class Reject(Base):
     """A file that was not ingested, and why. Keyed by name and content so reruns upsert."""
 
     __tablename__ = "rejects"
-    __table_args__ = (UniqueConstraint("source_uri", "sha256"),)
+    __table_args__ = (UniqueConstraint("source_uri", "sha256", name="uq_rejects_uri_sha"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_uri: Mapped[str] = mapped_column(Text)
@@ -118,7 +118,9 @@ class Prediction(Base):
 
     __tablename__ = "predictions"
     __table_args__ = (
-        UniqueConstraint("item_id", "spec", "model", "model_version", "prompt_hash"),
+        UniqueConstraint(
+            "item_id", "spec", "model", "model_version", "prompt_hash", name="uq_predictions_identity"
+        ),
         Index("ix_predictions_spec_model", "spec", "model", "model_version"),
     )
 
@@ -156,7 +158,7 @@ class ReviewTask(Base):
 
     __tablename__ = "review_tasks"
     __table_args__ = (
-        UniqueConstraint("prediction_id", "page"),
+        UniqueConstraint("prediction_id", "page", name="uq_review_tasks_prediction_page"),
         Index("ix_review_tasks_ls", "ls_project_id", "ls_task_id"),
         Index("ix_review_tasks_status", "spec", "status"),
     )
@@ -188,7 +190,7 @@ class Annotation(Base):
 
     __tablename__ = "annotations"
     __table_args__ = (
-        UniqueConstraint("ls_annotation_id", "ls_updated_at"),
+        UniqueConstraint("ls_annotation_id", "ls_updated_at", name="uq_annotations_ls_version"),
         Index("ix_annotations_ls_updated_at", "ls_updated_at"),
         Index("ix_annotations_task_latest", "review_task_id", "is_latest"),
     )
@@ -212,7 +214,7 @@ class FieldCorrection(Base):
 
     __tablename__ = "field_corrections"
     __table_args__ = (
-        UniqueConstraint("annotation_id", "field"),
+        UniqueConstraint("annotation_id", "field", name="uq_field_corrections_annotation_field"),
         Index("ix_field_corrections_calib", "spec", "field", "model", "model_version", "prompt_hash"),
     )
 
@@ -255,7 +257,7 @@ class Record(Base):
 
     __tablename__ = "records"
     __table_args__ = (
-        UniqueConstraint("item_id", "spec"),
+        UniqueConstraint("item_id", "spec", name="uq_records_item_spec"),
         Index("ix_records_spec_updated", "spec", "updated_at"),
     )
 
@@ -293,7 +295,7 @@ class Quarantine(Base):
     """A record that failed validation in a run, with the expectations it broke."""
 
     __tablename__ = "quarantine"
-    __table_args__ = (UniqueConstraint("validation_run_id", "record_id"),)
+    __table_args__ = (UniqueConstraint("validation_run_id", "record_id", name="uq_quarantine_run_record"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     validation_run_id: Mapped[int] = mapped_column(ForeignKey("validation_runs.id", ondelete="CASCADE"))
@@ -307,7 +309,10 @@ class DatasetVersion(Base):
     """An immutable, published dataset version; ``content_hash`` makes re-exports no-ops."""
 
     __tablename__ = "dataset_versions"
-    __table_args__ = (UniqueConstraint("spec", "version"), UniqueConstraint("spec", "content_hash"))
+    __table_args__ = (
+        UniqueConstraint("spec", "version", name="uq_dataset_versions_version"),
+        UniqueConstraint("spec", "content_hash", name="uq_dataset_versions_content"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     spec: Mapped[str] = mapped_column(String(64))
@@ -326,7 +331,9 @@ class DatasetVersion(Base):
 
 class DatasetVersionRecord(Base):
     __tablename__ = "dataset_version_records"
-    __table_args__ = (UniqueConstraint("dataset_version_id", "record_id"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_version_id", "record_id", name="uq_dataset_version_records_member"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"))
@@ -360,7 +367,9 @@ class Threshold(Base):
 
     __tablename__ = "thresholds"
     __table_args__ = (
-        UniqueConstraint("spec", "field", "model", "model_version", "prompt_hash", "version"),
+        UniqueConstraint(
+            "spec", "field", "model", "model_version", "prompt_hash", "version", name="uq_thresholds_identity"
+        ),
         Index("ix_thresholds_lookup", "spec", "model", "model_version", "prompt_hash"),
     )
 

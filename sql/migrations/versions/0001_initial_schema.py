@@ -49,7 +49,7 @@ def upgrade() -> None:
         sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rejects")),
-        sa.UniqueConstraint("source_uri", "sha256", name=op.f("uq_rejects_source_uri")),
+        sa.UniqueConstraint("source_uri", "sha256", name="uq_rejects_uri_sha"),
     )
     with op.batch_alter_table("rejects", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_rejects_reason"), ["reason"], unique=False)
@@ -81,13 +81,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_thresholds")),
         sa.UniqueConstraint(
-            "spec",
-            "field",
-            "model",
-            "model_version",
-            "prompt_hash",
-            "version",
-            name=op.f("uq_thresholds_spec"),
+            "spec", "field", "model", "model_version", "prompt_hash", "version", name="uq_thresholds_identity"
         ),
     )
     with op.batch_alter_table("thresholds", schema=None) as batch_op:
@@ -127,13 +121,11 @@ def upgrade() -> None:
         sa.Column("summary", JSON, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["validation_run_id"],
-            ["validation_runs.id"],
-            name=op.f("fk_dataset_versions_validation_run_id_validation_runs"),
+            ["validation_run_id"], ["validation_runs.id"], name=op.f("fk_dataset_versions_validation_run_id")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dataset_versions")),
-        sa.UniqueConstraint("spec", "content_hash", name=op.f("uq_dataset_versions_spec")),
-        sa.UniqueConstraint("spec", "version", name=op.f("uq_dataset_versions_spec")),
+        sa.UniqueConstraint("spec", "content_hash", name="uq_dataset_versions_content"),
+        sa.UniqueConstraint("spec", "version", name="uq_dataset_versions_version"),
     )
     op.create_table(
         "item_aliases",
@@ -142,10 +134,10 @@ def upgrade() -> None:
         sa.Column("source_uri", sa.Text(), nullable=False),
         sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_item_aliases_item_id_items"), ondelete="CASCADE"
+            ["item_id"], ["items.id"], name=op.f("fk_item_aliases_item_id"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_item_aliases")),
-        sa.UniqueConstraint("item_id", "source_uri", name=op.f("uq_item_aliases_item_id")),
+        sa.UniqueConstraint("item_id", "source_uri", name="uq_item_aliases_item_uri"),
     )
     op.create_table(
         "predictions",
@@ -168,11 +160,11 @@ def upgrade() -> None:
         sa.Column("completion_tokens", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_predictions_item_id_items"), ondelete="CASCADE"
+            ["item_id"], ["items.id"], name=op.f("fk_predictions_item_id"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_predictions")),
         sa.UniqueConstraint(
-            "item_id", "spec", "model", "model_version", "prompt_hash", name=op.f("uq_predictions_item_id")
+            "item_id", "spec", "model", "model_version", "prompt_hash", name="uq_predictions_identity"
         ),
     )
     with op.batch_alter_table("predictions", schema=None) as batch_op:
@@ -198,17 +190,17 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_review_tasks_item_id_items"), ondelete="CASCADE"
+            ["item_id"], ["items.id"], name=op.f("fk_review_tasks_item_id"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
             ["prediction_id"],
             ["predictions.id"],
-            name=op.f("fk_review_tasks_prediction_id_predictions"),
+            name=op.f("fk_review_tasks_prediction_id"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_review_tasks")),
         sa.UniqueConstraint("external_id", name=op.f("uq_review_tasks_external_id")),
-        sa.UniqueConstraint("prediction_id", "page", name=op.f("uq_review_tasks_prediction_id")),
+        sa.UniqueConstraint("prediction_id", "page", name="uq_review_tasks_prediction_page"),
     )
     with op.batch_alter_table("review_tasks", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_review_tasks_item_id"), ["item_id"], unique=False)
@@ -229,9 +221,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["dataset_version_id"],
-            ["dataset_versions.id"],
-            name=op.f("fk_training_runs_dataset_version_id_dataset_versions"),
+            ["dataset_version_id"], ["dataset_versions.id"], name=op.f("fk_training_runs_dataset_version_id")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_training_runs")),
     )
@@ -252,13 +242,11 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["review_task_id"],
             ["review_tasks.id"],
-            name=op.f("fk_annotations_review_task_id_review_tasks"),
+            name=op.f("fk_annotations_review_task_id"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_annotations")),
-        sa.UniqueConstraint(
-            "ls_annotation_id", "ls_updated_at", name=op.f("uq_annotations_ls_annotation_id")
-        ),
+        sa.UniqueConstraint("ls_annotation_id", "ls_updated_at", name="uq_annotations_ls_version"),
     )
     with op.batch_alter_table("annotations", schema=None) as batch_op:
         batch_op.create_index("ix_annotations_ls_updated_at", ["ls_updated_at"], unique=False)
@@ -286,20 +274,20 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["annotation_id"],
             ["annotations.id"],
-            name=op.f("fk_field_corrections_annotation_id_annotations"),
+            name=op.f("fk_field_corrections_annotation_id"),
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_field_corrections_item_id_items"), ondelete="CASCADE"
+            ["item_id"], ["items.id"], name=op.f("fk_field_corrections_item_id"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
             ["review_task_id"],
             ["review_tasks.id"],
-            name=op.f("fk_field_corrections_review_task_id_review_tasks"),
+            name=op.f("fk_field_corrections_review_task_id"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_field_corrections")),
-        sa.UniqueConstraint("annotation_id", "field", name=op.f("uq_field_corrections_annotation_id")),
+        sa.UniqueConstraint("annotation_id", "field", name="uq_field_corrections_annotation_field"),
     )
     with op.batch_alter_table("field_corrections", schema=None) as batch_op:
         batch_op.create_index(
@@ -325,22 +313,16 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["annotation_id"],
-            ["annotations.id"],
-            name=op.f("fk_records_annotation_id_annotations"),
-            ondelete="SET NULL",
+            ["annotation_id"], ["annotations.id"], name=op.f("fk_records_annotation_id"), ondelete="SET NULL"
         ),
         sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_records_item_id_items"), ondelete="CASCADE"
+            ["item_id"], ["items.id"], name=op.f("fk_records_item_id"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["prediction_id"],
-            ["predictions.id"],
-            name=op.f("fk_records_prediction_id_predictions"),
-            ondelete="SET NULL",
+            ["prediction_id"], ["predictions.id"], name=op.f("fk_records_prediction_id"), ondelete="SET NULL"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_records")),
-        sa.UniqueConstraint("item_id", "spec", name=op.f("uq_records_item_id")),
+        sa.UniqueConstraint("item_id", "spec", name="uq_records_item_spec"),
     )
     with op.batch_alter_table("records", schema=None) as batch_op:
         batch_op.create_index("ix_records_spec_updated", ["spec", "updated_at"], unique=False)
@@ -356,19 +338,17 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["dataset_version_id"],
             ["dataset_versions.id"],
-            name=op.f("fk_dataset_version_records_dataset_version_id_dataset_versions"),
+            name=op.f("fk_dataset_version_records_dataset_version_id"),
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["record_id"],
             ["records.id"],
-            name=op.f("fk_dataset_version_records_record_id_records"),
+            name=op.f("fk_dataset_version_records_record_id"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dataset_version_records")),
-        sa.UniqueConstraint(
-            "dataset_version_id", "record_id", name=op.f("uq_dataset_version_records_dataset_version_id")
-        ),
+        sa.UniqueConstraint("dataset_version_id", "record_id", name="uq_dataset_version_records_member"),
     )
     with op.batch_alter_table("dataset_version_records", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_dataset_version_records_record_id"), ["record_id"], unique=False)
@@ -382,16 +362,16 @@ def upgrade() -> None:
         sa.Column("failures", JSON, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["record_id"], ["records.id"], name=op.f("fk_quarantine_record_id_records"), ondelete="CASCADE"
+            ["record_id"], ["records.id"], name=op.f("fk_quarantine_record_id"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
             ["validation_run_id"],
             ["validation_runs.id"],
-            name=op.f("fk_quarantine_validation_run_id_validation_runs"),
+            name=op.f("fk_quarantine_validation_run_id"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_quarantine")),
-        sa.UniqueConstraint("validation_run_id", "record_id", name=op.f("uq_quarantine_validation_run_id")),
+        sa.UniqueConstraint("validation_run_id", "record_id", name="uq_quarantine_run_record"),
     )
     with op.batch_alter_table("quarantine", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_quarantine_record_id"), ["record_id"], unique=False)

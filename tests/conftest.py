@@ -1,0 +1,193 @@
+"""Shared fixtures: real PostgreSQL and SQLite databases, local and S3 object stores, sample data.
+
+Real servers only: PostgreSQL on 127.0.0.1:5432 (started by .ci/run), an S3-compatible server
+(moto in server mode, a subprocess on a free loopback port, spoken to over HTTP by the minio SDK).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from labelloop.config import DatabaseSettings, Settings, StorageSettings
+from labelloop.db import Database
+from labelloop.storage import LocalStore
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("LABELLOOP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=2.0)
+            return
+        except httpx.HTTPError as e:
+            last = e
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    path = Path(os.environ.get("LABELLOOP_SAMPLE_DATA", REPO.parent / "shared" / "data"))
+    if not (path / "images").is_dir() or not (path / "documents").is_dir():
+        pytest.fail(f"sample data not found at {path} (set LABELLOOP_SAMPLE_DATA)")
+    return path
+
+
+# --------------------------------------------------------------------------- databases
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database used as CREATE DATABASE ... TEMPLATE for each test."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"labelloop_tmpl_{os.getpid()}"
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # pragma: no cover - environment problem, say so plainly
+        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {e}")
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    db = Database(DatabaseSettings(url=url))
+    db.upgrade()
+    db.dispose()
+    yield name
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _pg_database(template: str) -> tuple[str, callable]:  # type: ignore[valid-type]
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"labelloop_t_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using this runs twice: on SQLite and on PostgreSQL (fresh, migrated)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'curation.db'}"
+        return
+    url, drop = _pg_database(request.getfixturevalue("pg_template"))
+    yield url
+    drop()
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh migrated PostgreSQL database (for tests that only need one backend)."""
+    url, drop = _pg_database(pg_template)
+    yield url
+    drop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(
+        home=tmp_path,
+        db=DatabaseSettings(url=db_url),
+        storage=StorageSettings(backend="local", root=tmp_path / "objects"),
+    )
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """Settings on SQLite only, for tests whose subject is not the database."""
+    return Settings(
+        home=tmp_path,
+        db=DatabaseSettings(url=f"sqlite:///{tmp_path / 'curation.db'}"),
+        storage=StorageSettings(backend="local", root=tmp_path / "objects"),
+    )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.db)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(sqlite_settings: Settings) -> Iterator[Database]:
+    database = Database(sqlite_settings.db)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "objects")
+
+
+# --------------------------------------------------------------------------- S3 test server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto in server mode as a subprocess on a free loopback port; yields host:port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=60, proc=proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def s3_settings(s3_server: str) -> StorageSettings:
+    return StorageSettings(
+        backend="s3", endpoint=s3_server, bucket=f"t-{uuid.uuid4().hex[:10]}", secure=False,
+        access_key="testing", secret_key="testing", region="us-east-1",
+    )
+
+
+@pytest.fixture
+def s3_store(s3_settings: StorageSettings):  # type: ignore[no-untyped-def]
+    from labelloop.storage.s3 import S3Store
+
+    return S3Store(s3_settings)
