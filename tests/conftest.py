@@ -25,7 +25,9 @@ from labelloop.db import Database
 from labelloop.storage import LocalStore
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get("LABELLOOP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "LABELLOOP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def free_port() -> int:
@@ -165,7 +167,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=60, proc=proc)
@@ -181,8 +184,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def s3_settings(s3_server: str) -> StorageSettings:
     return StorageSettings(
-        backend="s3", endpoint=s3_server, bucket=f"t-{uuid.uuid4().hex[:10]}", secure=False,
-        access_key="testing", secret_key="testing", region="us-east-1",
+        backend="s3",
+        endpoint=s3_server,
+        bucket=f"t-{uuid.uuid4().hex[:10]}",
+        secure=False,
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
     )
 
 

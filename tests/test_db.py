@@ -15,8 +15,16 @@ from labelloop.db.migrate import current_revision
 
 
 def _item(sha: str = "a" * 64) -> Item:
-    return Item(sha256=sha, media_type="image", mime="image/png", ext="png", size_bytes=3,
-                storage_key=f"raw/{sha[:2]}/{sha}.png", width=1, height=1)
+    return Item(
+        sha256=sha,
+        media_type="image",
+        mime="image/png",
+        ext="png",
+        size_bytes=3,
+        storage_key=f"raw/{sha[:2]}/{sha}.png",
+        width=1,
+        height=1,
+    )
 
 
 def test_migrations_match_models(db: Database) -> None:
@@ -57,7 +65,9 @@ def test_prediction_identity_is_unique_and_new_prompt_is_new_row(db: Database) -
         item = _item()
         s.add(item)
         s.flush()
-        common = dict(item_id=item.id, spec="caption", backend="vllm", model="m", model_version="1", status="ok")
+        common = dict(
+            item_id=item.id, spec="caption", backend="vllm", model="m", model_version="1", status="ok"
+        )
         s.add(Prediction(prompt_hash="p1", **common))
         s.add(Prediction(prompt_hash="p2", **common))
     with pytest.raises(IntegrityError), db.transaction() as s:

@@ -1,0 +1,170 @@
+"""Decide what a file is from its bytes, and whether we can use it.
+
+The type comes from the content (magic bytes), never the file name: a JPEG called ``x.pdf`` is an
+image, and a text file called ``x.jpg`` is rejected. Anything we cannot use raises
+:class:`Rejected` with a machine-readable reason and a sentence for people.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import filetype
+from PIL import Image
+
+from labelloop.config import IngestSettings
+
+
+class RejectReason(StrEnum):
+    EMPTY = "empty_file"
+    UNREADABLE = "unreadable"
+    FILE_TOO_LARGE = "file_too_large"
+    UNSUPPORTED = "unsupported_type"
+    CORRUPT = "corrupt"
+    IMAGE_TOO_LARGE = "image_too_large"
+    PDF_ENCRYPTED = "pdf_encrypted"
+    PDF_NO_PAGES = "pdf_no_pages"
+    PDF_TOO_MANY_PAGES = "pdf_too_many_pages"
+
+
+class Rejected(Exception):
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+#: what browsers (Label Studio), Pillow and Qwen-VL all read
+IMAGE_TYPES = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+}
+PDF_MIME = "application/pdf"
+#: EXIF orientations that swap width and height (rotations by 90/270 degrees)
+_SWAPS_SIDES = {5, 6, 7, 8}
+
+
+@dataclass
+class Probe:
+    media_type: str  # "image" | "document"
+    mime: str
+    ext: str
+    width: int | None = None
+    height: int | None = None
+    exif_orientation: int | None = None
+    page_count: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sniff(head: bytes) -> tuple[str, str] | None:
+    """(mime, extension) from the first bytes, or None when unknown."""
+    if head[:1024].lstrip(b"\x00\t\n\r ").startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
+        return PDF_MIME, "pdf"
+    kind = filetype.guess(head)
+    if kind is None:
+        return None
+    return kind.mime, kind.extension
+
+
+def probe_file(path: Path, settings: IngestSettings) -> Probe:
+    size = path.stat().st_size
+    if size == 0:
+        raise Rejected(RejectReason.EMPTY, "zero-byte file")
+    with path.open("rb") as f:
+        head = f.read(8192)
+    kind = sniff(head)
+    if kind is None:
+        raise Rejected(RejectReason.UNSUPPORTED, "content is not a recognised image or PDF")
+    mime, _ext = kind
+    if mime == PDF_MIME:
+        return _probe_pdf(path, settings)
+    if mime in IMAGE_TYPES:
+        return _probe_image(path, mime, settings)
+    raise Rejected(
+        RejectReason.UNSUPPORTED, f"{mime} is not supported (images: JPEG, PNG, WebP, GIF, BMP; PDF)"
+    )
+
+
+def _probe_image(path: Path, mime: str, settings: IngestSettings) -> Probe:
+    allow_pillow_limit(settings.max_image_pixels)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and past 2x its own limit raises) on huge images; we apply our limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > settings.max_image_pixels:
+                    raise Rejected(
+                        RejectReason.IMAGE_TOO_LARGE,
+                        f"{w}x{h} = {w * h:,} pixels exceeds the limit of {settings.max_image_pixels:,}",
+                    )
+                orientation = img.getexif().get(0x0112)
+                img.load()  # decode everything: truncated or corrupt data fails here, not later
+    except Rejected:
+        raise
+    except Image.DecompressionBombError as e:
+        # Pillow refuses in Image.open above 2 x Image.MAX_IMAGE_PIXELS, before we see the size.
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(m.group(1)):,} pixels" if m else "the image"
+        raise Rejected(
+            RejectReason.IMAGE_TOO_LARGE, f"{pixels} exceeds the limit of {settings.max_image_pixels:,}"
+        ) from e
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
+        raise Rejected(RejectReason.CORRUPT, f"image cannot be decoded: {e}") from e
+    if w <= 0 or h <= 0:
+        raise Rejected(RejectReason.CORRUPT, f"image has no pixels ({w}x{h})")
+    orientation = int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else None
+    if orientation in _SWAPS_SIDES:
+        w, h = h, w
+    return Probe(
+        media_type="image", mime=mime, ext=IMAGE_TYPES[mime], width=w, height=h, exif_orientation=orientation
+    )
+
+
+def _probe_pdf(path: Path, settings: IngestSettings) -> Probe:
+    import pymupdf
+
+    pymupdf.TOOLS.reset_mupdf_warnings()
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except Exception as e:
+        raise Rejected(RejectReason.CORRUPT, f"PDF cannot be opened: {e}") from e
+    with doc:
+        if doc.needs_pass:
+            raise Rejected(RejectReason.PDF_ENCRYPTED, "PDF is password-protected")
+        pages = doc.page_count
+        repaired = bool(doc.is_repaired)
+        warnings_text = pymupdf.TOOLS.mupdf_warnings().strip()
+        if repaired and pages == 0:
+            first = warnings_text.splitlines()[0] if warnings_text else "damaged structure"
+            raise Rejected(RejectReason.CORRUPT, f"PDF is truncated or damaged ({first})")
+        if pages == 0:
+            raise Rejected(RejectReason.PDF_NO_PAGES, "PDF has no pages")
+        if pages > settings.max_pdf_pages:
+            raise Rejected(
+                RejectReason.PDF_TOO_MANY_PAGES,
+                f"{pages} pages exceeds the limit of {settings.max_pdf_pages}",
+            )
+        meta: dict[str, Any] = {}
+        if repaired:
+            meta["repaired"] = warnings_text[:500]
+        if doc.is_encrypted:
+            meta["encrypted_no_user_password"] = True
+        first_page = doc[0].rect
+        meta["page_size_pt"] = [round(first_page.width, 2), round(first_page.height, 2)]
+    return Probe(media_type="document", mime=PDF_MIME, ext="pdf", page_count=pages, meta=meta)
+
+
+def allow_pillow_limit(max_pixels: int) -> None:
+    """Pillow refuses images above 2 x ``Image.MAX_IMAGE_PIXELS`` (a process-wide setting meant to
+    be set by applications); raise it when our configured limit is higher, never lower it."""
+    if max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
