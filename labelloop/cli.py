@@ -37,7 +37,7 @@ config_app = typer.Typer(help="Show the settings in effect.", no_args_is_help=Tr
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
@@ -126,7 +126,7 @@ def config_show(ctx: typer.Context) -> None:
 @config_app.command("docs")
 def config_docs() -> None:
     """Print every setting as a Markdown table (docs/configuration.md is made with this)."""
-    out.print(settings_markdown(), markup=False, highlight=False)
+    typer.echo(settings_markdown())
 
 
 def settings_markdown() -> str:
@@ -148,8 +148,14 @@ def ingest(
 ) -> None:
     """Register images and PDFs by content (sha256); bad files are recorded with a reason."""
     from labelloop.ingest import ingest as run_ingest
+    from labelloop.ingest import open_source
 
     c = _ctx(ctx)
+    try:
+        src = open_source(source, c.settings.storage, c.settings.ingest.follow_symlinks)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
     _ensure_db(c)
     with Progress(
         SpinnerColumn(),
@@ -169,11 +175,7 @@ def ingest(
             counts["rej" if outcome.startswith("rejected") else outcome] += 1
             bar.update(task, advance=1, name=f.uri.rsplit("/", 1)[-1][:40], **counts)
 
-        try:
-            stats = run_ingest(c.db, c.store, c.settings, source, limit=limit, progress=progress)
-        except (FileNotFoundError, ValueError) as e:
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2) from e
+        stats = run_ingest(c.db, c.store, c.settings, src, limit=limit, progress=progress)
     if as_json:
         out.print_json(json.dumps(stats.as_dict()))
         return

@@ -12,6 +12,7 @@ Secrets are :class:`pydantic.SecretStr`, so ``repr``/logging shows ``**********`
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +94,13 @@ class VLLMSettings(BaseModel):
     concurrency: int = Field(32, ge=1, description="Requests in flight at once.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
     max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx and timeouts.")
+    retry_backoff_s: float = Field(
+        0.5, ge=0, description="First retry delay in seconds; doubles per retry (with jitter)."
+    )
+    retry_backoff_max_s: float = Field(30.0, ge=0, description="Upper bound of one retry delay.")
+    jpeg_quality: int = Field(
+        90, ge=50, le=100, description="JPEG quality of the resized image sent to the server."
+    )
     max_tokens: int = Field(1024, ge=1, description="Completion token limit per request.")
     top_logprobs: int = Field(1, ge=0, le=20, description="top_logprobs to request (>=0).")
     coordinate_mode: Literal["absolute_resized", "relative_1000"] = Field(
@@ -113,6 +121,19 @@ class MinerUSettings(BaseModel):
     )
     api_url: str = Field("http://127.0.0.1:8010", description="mineru-api base URL (mode=http).")
     timeout_s: float = Field(1800.0, gt=0, description="Timeout per document, in seconds.")
+    version: str | None = Field(
+        None,
+        description="MinerU version label in the prediction identity (e.g. '2.5.4'). None: ask the "
+        "CLI once with --version (mode=cli) or use 'unknown' (mode=http). The version MinerU writes "
+        "into its output is recorded with each prediction.",
+    )
+    backend: str = Field(
+        "pipeline",
+        description="mineru-api 'backend' form field (mode=http); the CLI takes it from `command`.",
+    )
+    parse_method: str = Field("auto", description="mineru-api 'parse_method' (auto|txt|ocr), mode=http.")
+    lang: str = Field("ch", description="mineru-api 'lang_list' entry (OCR language), mode=http.")
+    max_retries: int = Field(3, ge=0, description="HTTP retries on 5xx, timeouts and connection errors.")
 
 
 class DocumentSettings(BaseModel):
@@ -123,6 +144,13 @@ class DocumentSettings(BaseModel):
         16,
         ge=0,
         description="A page whose text layer has fewer characters than this is OCRed.",
+    )
+    ocr_dpi: int = Field(150, ge=36, le=600, description="DPI at which pages are rendered for OCR.")
+    ocr_max_side_px: int = Field(
+        2000,
+        ge=256,
+        description="Cap on the long side of the OCR rendering (RapidOCR shrinks larger images "
+        "anyway, so rendering beyond it only costs time).",
     )
 
 
@@ -272,6 +300,10 @@ def iter_setting_docs(model: type[BaseModel] = Settings, prefix: str = "") -> li
             continue
         default = field.get_default(call_default_factory=True)
         if isinstance(default, SecretStr):
-            default = "(secret)"
-        rows.append((f"LABELLOOP_{prefix}{name.upper()}", repr(default), field.description or ""))
+            shown = "(secret)"
+        elif isinstance(default, Path):
+            shown = str(default)
+        else:
+            shown = json.dumps(default) if default is not None else "null"
+        rows.append((f"LABELLOOP_{prefix}{name.upper()}", shown, field.description or ""))
     return rows
