@@ -61,21 +61,37 @@ def child(src: str, home: str, limit: int) -> None:
     from labelloop.ingest import ingest
     from labelloop.storage import open_store
 
-    settings = Settings(home=Path(home), db=DatabaseSettings(url=f"sqlite:///{home}/bench.db"),
-                        storage=StorageSettings(root=Path(home) / "objects"))
+    settings = Settings(
+        home=Path(home),
+        db=DatabaseSettings(url=f"sqlite:///{home}/bench.db"),
+        storage=StorageSettings(root=Path(home) / "objects"),
+    )
     db = Database(settings.db)
     db.upgrade()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stats = ingest(db, open_store(settings.storage), settings, src, limit=limit)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"files": stats.seen, "new": stats.new_items, "seconds": stats.seconds,
-                      "rss_before_mb": rss0 / 1024, "peak_rss_mb": rss1 / 1024}))
+    print(
+        json.dumps(
+            {
+                "files": stats.seen,
+                "new": stats.new_items,
+                "seconds": stats.seconds,
+                "rss_before_mb": rss0 / 1024,
+                "peak_rss_mb": rss1 / 1024,
+            }
+        )
+    )
 
 
 def run_child(src: Path, limit: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as home:
-        out = subprocess.run([sys.executable, __file__, "--child", str(src), home, str(limit)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(src), home, str(limit)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -98,8 +114,10 @@ def main() -> None:
     rate = full["files"] / full["seconds"]
     print(f"baseline (read + sha256 + copy):  {base:8.0f} files/s")
     print(f"labelloop ingest ({full['files']} files): {rate:8.0f} files/s  = {rate / base:.2f} x baseline")
-    print(f"peak RSS: {small['peak_rss_mb']:.0f} MB at {small['files']} files, {full['peak_rss_mb']:.0f} MB at "
-          f"{full['files']} files  (ratio {full['peak_rss_mb'] / small['peak_rss_mb']:.2f})")
+    print(
+        f"peak RSS: {small['peak_rss_mb']:.0f} MB at {small['files']} files, {full['peak_rss_mb']:.0f} MB at "
+        f"{full['files']} files  (ratio {full['peak_rss_mb'] / small['peak_rss_mb']:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,12 @@ def test_db_upgrade_hides_password(env: dict[str, str]) -> None:
 
 
 def test_config_show_masks_secrets(env: dict[str, str]) -> None:
-    env = {**env, "LABELLOOP_LABEL_STUDIO__TOKEN": "tok-very-secret", "LABELLOOP_STORAGE__SECRET_KEY": "sk-secret",
-           "LABELLOOP_DB__URL": "postgresql+psycopg://u:dbpass-secret@h/db"}
+    env = {
+        **env,
+        "LABELLOOP_LABEL_STUDIO__TOKEN": "tok-very-secret",
+        "LABELLOOP_STORAGE__SECRET_KEY": "sk-secret",
+        "LABELLOOP_DB__URL": "postgresql+psycopg://u:dbpass-secret@h/db",
+    }
     r = CliRunner().invoke(app, ["config", "show"], env=env)
     assert r.exit_code == 0
     for secret in ("tok-very-secret", "sk-secret", "dbpass-secret"):
@@ -84,7 +88,7 @@ def test_bad_settings_are_refused_with_the_field_named(monkeypatch: pytest.Monke
 
 def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LABELLOOP_CONFIG_FILE", str(tmp_path / "missing.yaml"))
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         Settings()
 
 
@@ -92,5 +96,7 @@ def test_every_setting_is_documented() -> None:
     docs = (REPO / "docs" / "configuration.md").read_text()
     for env_name, _default, description in iter_setting_docs():
         assert description, f"{env_name} has no description"
-        assert f"`{env_name}`" in docs, f"{env_name} missing from docs/configuration.md (run `labelloop config docs`)"
+        assert f"`{env_name}`" in docs, (
+            f"{env_name} missing from docs/configuration.md (run `labelloop config docs`)"
+        )
     assert settings_markdown().count("\n") + 1 == len(iter_setting_docs()) + 2
