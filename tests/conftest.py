@@ -7,13 +7,29 @@ Real servers only: PostgreSQL on 127.0.0.1:5432 (started by .ci/run), an S3-comp
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+# Airflow reads its configuration when first imported, and several test modules import it
+# (operators, DAGs). So its environment is fixed here, before any test module is imported: a
+# private AIRFLOW_HOME, our dags/ folder, and a metadata DB of its own on the test PostgreSQL
+# server, separate from the curation DB. The `airflow_db` fixture migrates it on first use.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="labelloop-airflow-")
+_AIRFLOW_DB = f"airflow_test_{os.getpid()}"
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = os.environ.get(
+    "LABELLOOP_TEST_AIRFLOW_DB_URL", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{_AIRFLOW_DB}"
+)
 
 import httpx
 import pytest
@@ -199,3 +215,31 @@ def s3_store(s3_settings: StorageSettings):  # type: ignore[no-untyped-def]
     from labelloop.storage.s3 import S3Store
 
     return S3Store(s3_settings)
+
+
+# --------------------------------------------------------------------------- Airflow metadata DB
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[str]:
+    """A migrated Airflow metadata database (PostgreSQL), for dag.test() and DagBag syncs."""
+    url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    name = make_url(url).database
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    from airflow.utils import db as airflow_db_utils
+
+    airflow_db_utils.resetdb()
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+    DagBundlesManager().sync_bundles_to_db()  # the "dags-folder" bundle that DAG rows refer to
+    yield url
+    from airflow.settings import dispose_orm
+
+    dispose_orm()
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
