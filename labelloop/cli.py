@@ -109,9 +109,7 @@ def db_upgrade(ctx: typer.Context, revision: str = typer.Option("head", help="Ta
 
     c = _ctx(ctx)
     c.db.upgrade(revision)
-    out.print(
-        f"curation database {redact_url(c.settings.db.url)} at revision {current_revision(c.db.engine)}"
-    )
+    out.print(f"curation database {redact_url(c.settings.db.url)} at revision {current_revision(c.db.engine)}")
 
 
 # --------------------------------------------------------------------------- config
@@ -194,9 +192,7 @@ def ingest(
 def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-    rejects: Annotated[
-        bool, typer.Option("--rejects", help="List rejected files with their reasons.")
-    ] = False,
+    rejects: Annotated[bool, typer.Option("--rejects", help="List rejected files with their reasons.")] = False,
 ) -> None:
     """Counts per pipeline stage and per reject reason."""
     from labelloop.status import pipeline_status
@@ -234,10 +230,74 @@ def _reject_list(c: Context) -> list[dict[str, str]]:
     from labelloop.db import Item, Reject
 
     with c.db.session() as s:
-        rows = s.scalars(
-            select(Reject).where(~Reject.sha256.in_(select(Item.sha256))).order_by(Reject.source_uri)
-        )
+        rows = s.scalars(select(Reject).where(~Reject.sha256.in_(select(Item.sha256))).order_by(Reject.source_uri))
         return [{"source_uri": r.source_uri, "reason": r.reason, "detail": r.detail} for r in rows]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@app.command()
+def calibrate(
+    ctx: typer.Context,
+    report: Annotated[bool, typer.Option(help="Write the HTML/PNG report to reports/calibration/.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Pick per-field auto-accept thresholds from the correction log (exit 3 on audit drift)."""
+    from labelloop.calibration import DriftDetected
+    from labelloop.calibration import calibrate as run_calibrate
+    from labelloop.calibration.report import write_report
+
+    c = _ctx(ctx)
+    _ensure_db(c)
+    try:
+        result = run_calibrate(c.db, c.settings.calibration, raise_on_drift=False)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    key = write_report(c.db, c.store, result, c.settings.calibration.target_error) if report else None
+    if as_json:
+        out.print_json(json.dumps({**result.as_dict(), "report": key}))
+    else:
+        _print_thresholds(c)
+        if key:
+            out.print(f"report: {c.store.uri(key)}")
+    if result.drift:
+        console.print(f"[red]{DriftDetected(result.drift)}[/red]")
+        raise typer.Exit(3)
+
+
+@app.command()
+def thresholds(ctx: typer.Context) -> None:
+    """Print the current auto-accept thresholds and the evidence behind them."""
+    c = _ctx(ctx)
+    _ensure_db(c)
+    _print_thresholds(c)
+
+
+def _print_thresholds(c: Context) -> None:
+    from labelloop.calibration import current_thresholds
+
+    with c.db.session() as s:
+        rows = sorted(current_thresholds(s).values(), key=lambda t: (t.spec, t.field, t.model, t.model_version))
+    table = Table(title="auto-accept thresholds (newest version per field)")
+    for col in ("spec.field", "model", "version", "threshold", "upper bound", "n", "target", "why"):
+        table.add_column(col)
+    for t in rows:
+        table.add_row(
+            f"{t.spec}.{t.field}",
+            f"{t.model} {t.model_version} #{t.prompt_hash[:8]}",
+            str(t.version),
+            "full review" if t.threshold is None else f"{t.threshold:.4f}",
+            "-" if t.upper_bound is None else f"{t.upper_bound:.4f}",
+            str(t.n_samples),
+            f"{t.target_error:.3f}",
+            t.reason,
+        )
+    if not rows:
+        out.print(f"no calibrated thresholds yet: every field uses the default {c.settings.routing.default_threshold}")
+    else:
+        out.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover
