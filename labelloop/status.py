@@ -31,14 +31,10 @@ def pipeline_status(db: Database) -> dict[str, Any]:
         open_rejects = select(Reject.reason, func.count()).where(~Reject.sha256.in_(select(Item.sha256)))
         return {
             "items": grouped(Item.media_type),
-            "rejects": {
-                r: int(n) for r, n in s.execute(open_rejects.group_by(Reject.reason).order_by(Reject.reason))
-            },
+            "rejects": {r: int(n) for r, n in s.execute(open_rejects.group_by(Reject.reason).order_by(Reject.reason))},
             "predictions": grouped(Prediction.spec, Prediction.status),
             "review_tasks": grouped(ReviewTask.spec, ReviewTask.route, ReviewTask.status),
-            "annotations": int(
-                s.scalar(select(func.count()).select_from(Annotation).where(Annotation.is_latest)) or 0
-            ),
+            "annotations": int(s.scalar(select(func.count()).select_from(Annotation).where(Annotation.is_latest)) or 0),
             "field_corrections": int(s.scalar(select(func.count()).select_from(FieldCorrection)) or 0),
             "records": grouped(Record.spec, Record.provenance),
             "quarantined": int(s.scalar(select(func.count(func.distinct(Quarantine.record_id)))) or 0),

@@ -118,9 +118,7 @@ class Prediction(Base):
 
     __tablename__ = "predictions"
     __table_args__ = (
-        UniqueConstraint(
-            "item_id", "spec", "model", "model_version", "prompt_hash", name="uq_predictions_identity"
-        ),
+        UniqueConstraint("item_id", "spec", "model", "model_version", "prompt_hash", name="uq_predictions_identity"),
         Index("ix_predictions_spec_model", "spec", "model", "model_version"),
     )
 
@@ -331,9 +329,7 @@ class DatasetVersion(Base):
 
 class DatasetVersionRecord(Base):
     __tablename__ = "dataset_version_records"
-    __table_args__ = (
-        UniqueConstraint("dataset_version_id", "record_id", name="uq_dataset_version_records_member"),
-    )
+    __table_args__ = (UniqueConstraint("dataset_version_id", "record_id", name="uq_dataset_version_records_member"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"))

@@ -88,9 +88,7 @@ def probe_file(path: Path, settings: IngestSettings) -> Probe:
         return _probe_pdf(path, settings)
     if mime in IMAGE_TYPES:
         return _probe_image(path, mime, settings)
-    raise Rejected(
-        RejectReason.UNSUPPORTED, f"{mime} is not supported (images: JPEG, PNG, WebP, GIF, BMP; PDF)"
-    )
+    raise Rejected(RejectReason.UNSUPPORTED, f"{mime} is not supported (images: JPEG, PNG, WebP, GIF, BMP; PDF)")
 
 
 def _probe_image(path: Path, mime: str, settings: IngestSettings) -> Probe:
@@ -124,9 +122,7 @@ def _probe_image(path: Path, mime: str, settings: IngestSettings) -> Probe:
     orientation = int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else None
     if orientation in _SWAPS_SIDES:
         w, h = h, w
-    return Probe(
-        media_type="image", mime=mime, ext=IMAGE_TYPES[mime], width=w, height=h, exif_orientation=orientation
-    )
+    return Probe(media_type="image", mime=mime, ext=IMAGE_TYPES[mime], width=w, height=h, exif_orientation=orientation)
 
 
 def _probe_pdf(path: Path, settings: IngestSettings) -> Probe:

@@ -86,9 +86,7 @@ class Ingestor:
         self.settings = settings
         self.limits = settings.ingest
 
-    def run(
-        self, source: str | Source, *, limit: int | None = None, progress: ProgressFn | None = None
-    ) -> IngestStats:
+    def run(self, source: str | Source, *, limit: int | None = None, progress: ProgressFn | None = None) -> IngestStats:
         src = (
             source
             if isinstance(source, Source)
@@ -151,9 +149,7 @@ class Ingestor:
                     self.store.put_file(key, path, content_type=probe.mime)
                 return self._insert(s, f, sha, size, key, probe, stats)
         except OSError as e:
-            return self._reject(
-                s, f, "", f.size, Rejected(RejectReason.UNREADABLE, f"cannot read: {e}"), stats
-            )
+            return self._reject(s, f, "", f.size, Rejected(RejectReason.UNREADABLE, f"cannot read: {e}"), stats)
 
     def _insert(
         self, s: Session, f: SourceFile, sha: str, size: int, key: str, probe: Probe, stats: IngestStats
@@ -192,18 +188,12 @@ class Ingestor:
                 s.add(ItemAlias(item_id=item.id, source_uri=uri))
             stats.new_aliases += 1
 
-    def _reject(
-        self, s: Session, f: SourceFile, sha: str, size: int | None, r: Rejected, stats: IngestStats
-    ) -> str:
+    def _reject(self, s: Session, f: SourceFile, sha: str, size: int | None, r: Rejected, stats: IngestStats) -> str:
         log.info("rejected %s: %s", f.uri, r)
         row = s.scalar(select(Reject).where(Reject.source_uri == f.uri, Reject.sha256 == sha))
         if row is None:
             with s.begin_nested():
-                s.add(
-                    Reject(
-                        source_uri=f.uri, sha256=sha, size_bytes=size, reason=r.reason.value, detail=r.detail
-                    )
-                )
+                s.add(Reject(source_uri=f.uri, sha256=sha, size_bytes=size, reason=r.reason.value, detail=r.detail))
         else:
             row.reason, row.detail, row.last_seen_at = r.reason.value, r.detail, utcnow()
         stats.rejected += 1

@@ -98,9 +98,7 @@ def iter_pending_items(
         last_id = batch[-1].id
 
 
-def count_pending(
-    db: Database, spec: TaskSpec, backend: Backend, item_ids: Sequence[int] | None = None
-) -> int:
+def count_pending(db: Database, spec: TaskSpec, backend: Backend, item_ids: Sequence[int] | None = None) -> int:
     from sqlalchemy import func
 
     stmt = select(func.count(Item.id)).where(Item.media_type == spec.media, _missing_clause(spec, backend))
@@ -110,9 +108,7 @@ def count_pending(
         return int(s.scalar(stmt) or 0)
 
 
-def _store_results(
-    db: Database, spec: TaskSpec, backend: Backend, results: list[tuple[Item, PredictionResult]]
-) -> int:
+def _store_results(db: Database, spec: TaskSpec, backend: Backend, results: list[tuple[Item, PredictionResult]]) -> int:
     """Insert predictions; an identity that already exists (a concurrent run) is skipped."""
     skipped = 0
     with db.session() as s:

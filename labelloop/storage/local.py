@@ -102,9 +102,7 @@ class LocalStore(ObjectStore):
                     yield from self._walk(Path(e.path), prefix)
             elif key.startswith(prefix):
                 st = e.stat()
-                yield ObjectInfo(
-                    key=key, size=st.st_size, modified=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
-                )
+                yield ObjectInfo(key=key, size=st.st_size, modified=dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

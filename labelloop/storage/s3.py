@@ -119,9 +119,7 @@ class S3Store(ObjectStore):
         for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
             if obj.is_dir:
                 continue
-            yield ObjectInfo(
-                key=obj.object_name or "", size=obj.size or 0, modified=obj.last_modified, etag=obj.etag
-            )
+            yield ObjectInfo(key=obj.object_name or "", size=obj.size or 0, modified=obj.last_modified, etag=obj.etag)
 
     def delete(self, key: str) -> None:
         self.ensure_bucket()
