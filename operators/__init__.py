@@ -1,0 +1,1 @@
+"""Custom Airflow operators for labelloop (thin wrappers around the labelloop library)."""

@@ -1,0 +1,1 @@
+"""Airflow hooks for the services labelloop talks to."""
