@@ -1,0 +1,1 @@
+"""Document pre-labeling backends: ``pymupdf`` (CPU, embedded default) and ``mineru``."""

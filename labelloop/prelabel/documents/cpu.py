@@ -1,0 +1,60 @@
+"""The embedded default document backend: pymupdf4llm layout analysis + RapidOCR, on CPU.
+
+Everything it needs ships in its wheels (the layout model in pymupdf-layout, the OCR models in
+rapidocr), so a laptop or an air-gapped worker can pre-label documents. The heavy work runs in a
+worker thread so the runner's event loop keeps other items moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from labelloop.config import Settings
+from labelloop.db.models import Item
+from labelloop.documents.pymupdf_layout import PyMuPDFLayoutAnalyzer, versions
+from labelloop.prelabel.base import PredictionResult
+from labelloop.prelabel.documents.common import DocumentBackend, build_result, close, guarded
+from labelloop.specs import TaskSpec
+from labelloop.storage import ObjectStore
+
+
+class PyMuPDFLayoutBackend(DocumentBackend):
+    name = "pymupdf"
+    model = "pymupdf4llm-layout"
+
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
+        super().__init__(settings, store)
+        v = versions()
+        self.model_version = f"pymupdf4llm-{v['pymupdf4llm']}+layout-{v['pymupdf_layout']}+rapidocr-{v['rapidocr']}"
+        self._analyzer: PyMuPDFLayoutAnalyzer | None = None
+        self._analyzer_lock = threading.Lock()
+
+    def identity_config(self) -> dict[str, Any]:
+        d = self.settings.documents
+        return {
+            "render_dpi": d.render_dpi,
+            "ocr_min_chars": d.ocr_min_chars,
+            "ocr_dpi": d.ocr_dpi,
+            "ocr_max_side_px": d.ocr_max_side_px,
+        }
+
+    @property
+    def analyzer(self) -> PyMuPDFLayoutAnalyzer:
+        # created on first use: importing pymupdf4llm loads the layout model (seconds)
+        with self._analyzer_lock:
+            if self._analyzer is None:
+                self._analyzer = PyMuPDFLayoutAnalyzer(self.settings.documents)
+            return self._analyzer
+
+    async def predict(self, item: Item, data: bytes, spec: TaskSpec) -> PredictionResult:
+        return await asyncio.to_thread(guarded, self.name, lambda: self._predict(item, data))
+
+    def _predict(self, item: Item, data: bytes) -> PredictionResult:
+        doc, geoms, written = self.prepare(item, data)
+        try:
+            result = self.analyzer.analyze(doc, geoms)
+        finally:
+            close(doc)
+        return build_result(geoms, result.blocks, result.markdown, {**result.detail, "images_written": written})

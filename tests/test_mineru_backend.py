@@ -1,0 +1,440 @@
+"""MinerU backend: CLI mode against fake executables, HTTP mode against a fake mineru-api.
+
+MinerU itself cannot be installed here. The fake ``mineru``/``magic-pdf`` scripts (written into
+tmp_path by the tests) and the fake mineru-api server serve the HAND-WRITTEN output files in
+``tests/data/mineru/`` (written following MinerU's documented schema, not real MinerU output).
+The fakes misbehave on request (a marker in the PDF's metadata): crash, or hang past the timeout
+with a worker child that must be killed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import hashlib
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pymupdf
+import pytest
+from sqlalchemy import select
+
+from labelloop.config import MinerUSettings, Settings
+from labelloop.db import Database, Item, Prediction
+from labelloop.documents.mineru_parse import load_output_dir
+from labelloop.documents.record import DocumentRecord
+from labelloop.documents.render import png_size
+from labelloop.prelabel.base import PredictionResult
+from labelloop.prelabel.documents.mineru import MinerUBackend, backend_label, build_argv
+from labelloop.prelabel.runner import run_prelabel_sync
+from labelloop.specs import SpecRegistry, TaskSpec
+from labelloop.storage import LocalStore, ObjectStore
+
+DATA = Path(__file__).parent / "data" / "mineru"
+GEN_2X = DATA / "mineru-2.x" / "a4doc" / "auto"
+GEN_13 = DATA / "magic-pdf-1.3" / "a4doc" / "ocr"
+
+FAKE_CLI = '''#!{python}
+"""Fake {name}: copies hand-written MinerU output into the folder layout the real CLI uses."""
+import shutil, subprocess, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+if "--version" in args:
+    print("{name}, version {version}")
+    sys.exit(0)
+src, out = Path(args[args.index("-p") + 1]), Path(args[args.index("-o") + 1])
+data = src.read_bytes()
+if b"labelloop-crash" in data:
+    print("Traceback (most recent call last):\\nRuntimeError: CUDA error: out of memory", file=sys.stderr)
+    sys.exit(1)
+if b"labelloop-hang" in data:
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    Path({pidfile!r}).write_text(str(worker.pid))
+    time.sleep(300)
+dest = out / src.stem / {method!r}
+dest.mkdir(parents=True)
+for f in Path({fixture!r}).iterdir():
+    shutil.copy(f, dest / f.name.replace("a4doc", src.stem))
+print("done")
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_fake_cli(tmp_path: Path, name: str, fixture: Path, method: str, version: str) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / name
+    exe.write_text(
+        FAKE_CLI.format(
+            python=sys.executable,
+            name=name,
+            version=version,
+            fixture=str(fixture),
+            method=method,
+            pidfile=str(tmp_path / "worker.pid"),
+        )
+    )
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return exe
+
+
+def a4_pdf(marker: str = "") -> bytes:
+    """The two-page A4 document the hand-written MinerU output describes."""
+    doc = pymupdf.open()
+    for i in range(2):
+        page = doc.new_page(width=595, height=842)
+        page.insert_text((85, 90), "The response of flow duration curves to afforestation" if i == 0 else "Page two")
+    if marker:
+        doc.set_metadata({"title": marker})
+    return doc.tobytes()
+
+
+def doc_item(data: bytes, item_id: int = 1) -> Item:
+    sha = hashlib.sha256(data).hexdigest()
+    return Item(
+        id=item_id,
+        sha256=sha,
+        media_type="document",
+        mime="application/pdf",
+        ext="pdf",
+        size_bytes=len(data),
+        storage_key=f"raw/{sha[:2]}/{sha}.pdf",
+    )
+
+
+def with_mineru(settings: Settings, **kw: Any) -> Settings:
+    return settings.model_copy(update={"mineru": MinerUSettings(**kw)})
+
+
+@pytest.fixture(scope="module")
+def spec() -> TaskSpec:
+    return SpecRegistry().get("document_layout")
+
+
+def predict(backend: MinerUBackend, data: bytes, spec: TaskSpec) -> PredictionResult:
+    return asyncio.run(backend.predict(doc_item(data), data, spec))
+
+
+def check_ok(res: PredictionResult, store: ObjectStore) -> DocumentRecord:
+    assert res.status == "ok", res.error
+    rec = DocumentRecord.model_validate(res.record)
+    assert len(rec.pages) == 2
+    for p in rec.pages:
+        assert png_size(store.get(p.image_key)) == (p.width_px, p.height_px) == (1190, 1684)
+    title = rec.pages[0].blocks[0]
+    assert title.type == "title" and title.bbox == [170.0, 136.0, 1020.0, 190.0]
+    scores = [b.score for p in rec.pages for b in p.blocks]
+    assert res.field_confidence == {"blocks": min(scores)}
+    assert rec.markdown.startswith("# The response of flow duration curves")
+    return rec
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_command_template() -> None:
+    argv = build_argv("mineru -p {input} -o {output} -b pipeline", Path("/a b/x.pdf"), Path("/o"))
+    assert argv == ["mineru", "-p", "/a b/x.pdf", "-o", "/o", "-b", "pipeline"]
+    assert backend_label("mineru -p {input} -o {output} -b vlm-http-client -u http://x") == "vlm-http-client"
+    assert backend_label("magic-pdf -p {input} -o {output} -m auto") == "auto"
+
+
+def test_cli_mineru_2x(tmp_path: Path, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
+    exe = write_fake_cli(tmp_path, "mineru", GEN_2X, "auto", "2.5.4")
+    settings = with_mineru(sqlite_settings, mode="cli", command=f"{exe} -p {{input}} -o {{output}} -b pipeline")
+    backend = MinerUBackend(settings, store)
+    assert backend.model_version == "mineru-2.5.4-pipeline"  # version asked from the CLI once
+    res = predict(backend, a4_pdf(), spec)
+    rec = check_ok(res, store)
+    assert res.confidence_detail["mineru_version"] == "2.5.4"
+    assert res.confidence_detail["generation"] == "mineru-2"
+    # per page: the final block scores and, per block, the layout and OCR factors behind them
+    page1 = res.confidence_detail["pages"][1]
+    assert page1["scores"] == [b.score for b in rec.pages[1].blocks]
+    assert page1["blocks"][0] == {"layout": 0.93, "ocr": 0.874} and page1["from"] == "middle"
+    assert "version_mismatch" not in res.confidence_detail
+    assert [b.type for b in rec.pages[1].blocks] == ["text", "list"]
+
+
+def test_cli_magic_pdf_13(tmp_path: Path, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
+    exe = write_fake_cli(tmp_path, "magic-pdf", GEN_13, "ocr", "1.3.12")
+    settings = with_mineru(sqlite_settings, mode="cli", command=f"{exe} -p {{input}} -o {{output}} -m ocr")
+    backend = MinerUBackend(settings, store)
+    assert backend.model_version == "mineru-1.3.12-ocr"
+    res = predict(backend, a4_pdf(), spec)
+    rec = check_ok(res, store)
+    assert res.confidence_detail["generation"] == "magic-pdf-1.3"
+    assert rec.pages[0].blocks[0].source == "ocr"
+
+
+def test_cli_version_mismatch_is_recorded(
+    tmp_path: Path, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec
+) -> None:
+    exe = write_fake_cli(tmp_path, "mineru", GEN_2X, "auto", "2.5.4")
+    settings = with_mineru(sqlite_settings, mode="cli", command=f"{exe} -p {{input}} -o {{output}}", version="2.6.0")
+    backend = MinerUBackend(settings, store)
+    assert backend.model_version == "mineru-2.6.0-default"
+    res = predict(backend, a4_pdf(), spec)
+    assert res.confidence_detail["version_mismatch"] == {"configured": "2.6.0", "output": "2.5.4"}
+
+
+def add_item(db: Database, store: ObjectStore, data: bytes) -> int:
+    sha = hashlib.sha256(data).hexdigest()
+    key = f"raw/{sha[:2]}/{sha}.pdf"
+    store.put(key, data)
+    with db.transaction() as s:
+        item = Item(
+            sha256=sha,
+            media_type="document",
+            mime="application/pdf",
+            ext="pdf",
+            size_bytes=len(data),
+            storage_key=key,
+        )
+        s.add(item)
+        s.flush()
+        return item.id
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purpose
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def test_cli_crash_and_timeout_are_failures_and_the_batch_goes_on(
+    tmp_path: Path, sqlite_settings: Settings, sqlite_db: Database, store: LocalStore, spec: TaskSpec
+) -> None:
+    exe = write_fake_cli(tmp_path, "mineru", GEN_2X, "auto", "2.5.4")
+    settings = with_mineru(
+        sqlite_settings, mode="cli", command=f"{exe} -p {{input}} -o {{output}} -b pipeline", timeout_s=3
+    )
+    ids = {
+        "good": add_item(sqlite_db, store, a4_pdf()),
+        "crash": add_item(sqlite_db, store, a4_pdf("labelloop-crash")),
+        "hang": add_item(sqlite_db, store, a4_pdf("labelloop-hang")),
+        "encrypted": add_item(
+            sqlite_db,
+            store,
+            pymupdf.open(stream=a4_pdf(), filetype="pdf").tobytes(
+                encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="u", owner_pw="o"
+            ),
+        ),
+    }
+    t0 = time.monotonic()
+    stats = run_prelabel_sync(sqlite_db, store, spec, MinerUBackend(settings, store), concurrency=4)
+    assert time.monotonic() - t0 < 30
+    assert (stats.considered, stats.ok, stats.failed) == (4, 1, 3)
+    with sqlite_db.session() as s:
+        rows = {p.item_id: p for p in s.scalars(select(Prediction))}
+    assert rows[ids["good"]].status == "ok" and rows[ids["good"]].model_version == "mineru-2.5.4-pipeline"
+    assert rows[ids["crash"]].error.startswith("MinerU exited with code 1")
+    assert "CUDA error: out of memory" in rows[ids["crash"]].error
+    assert rows[ids["hang"]].error == "MinerU timed out after 3 s"
+    assert rows[ids["encrypted"]].error.startswith("encrypted")
+    # the hung CLI's worker process was killed with it (its own process group)
+    worker = int((tmp_path / "worker.pid").read_text())
+    deadline = time.monotonic() + 5
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)
+
+    # rerun: nothing predicted, nothing stored
+    before = {o.key: (o.size, o.modified) for o in store.list("")}
+    again = run_prelabel_sync(sqlite_db, store, spec, MinerUBackend(settings, store))
+    assert again.considered == 0
+    assert {o.key: (o.size, o.modified) for o in store.list("")} == before
+
+
+def test_cli_missing_executable(sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
+    settings = with_mineru(sqlite_settings, mode="cli", command="/nonexistent/mineru -p {input} -o {output}")
+    backend = MinerUBackend(settings, store)
+    assert backend.model_version == "mineru-unknown-default"
+    res = predict(backend, a4_pdf(), spec)
+    assert res.status == "failed" and res.error.startswith("cannot start MinerU")
+
+
+def test_cli_without_output(tmp_path: Path, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
+    exe = tmp_path / "mineru"
+    exe.write_text(f"#!{sys.executable}\nprint('nothing to see')\n")
+    exe.chmod(0o755)
+    settings = with_mineru(sqlite_settings, mode="cli", command=f"{exe} -p {{input}} -o {{output}}", version="2.5.4")
+    res = predict(MinerUBackend(settings, store), a4_pdf(), spec)
+    assert res.status == "failed" and "wrote no output" in res.error
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class FakeMinerUAPI:
+    """A tiny mineru-api: ``POST /file_parse`` answering from the hand-written 2.x files."""
+
+    def __init__(self) -> None:
+        self.behaviour: list[str] = []  # consumed per request: "ok", "503", "500", "400", "slow"
+        self.requests: list[dict[str, Any]] = []
+        files = load_output_dir(GEN_2X)
+        self.payload = {
+            "md_content": files.markdown,
+            "middle_json": json.dumps(files.middle),
+            "model_output": json.dumps(files.model),
+            "content_list": json.dumps(files.content_list),
+        }
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                form = api.parse_form(self.headers["Content-Type"], body)
+                api.requests.append(form)
+                action = api.behaviour.pop(0) if api.behaviour else "ok"
+                if self.path != "/file_parse":
+                    return self.reply(404, {"detail": "Not Found"})
+                if action == "slow":
+                    time.sleep(3)
+                if action in ("503", "500", "400"):
+                    return self.reply(int(action), {"detail": f"error {action}"})
+                stem = form["filename"].rsplit(".", 1)[0]
+                self.reply(200, {"backend": "pipeline", "version": "2.5.4", "results": {stem: api.payload}})
+
+            def reply(self, code: int, obj: dict[str, Any]) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + body
+        )
+        form: dict[str, Any] = {}
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if part.get_filename():
+                form["filename"] = part.get_filename()
+                form[name] = part.get_payload(decode=True)
+            else:
+                form[name] = part.get_content().strip()
+        return form
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeMinerUAPI]:
+    api = FakeMinerUAPI()
+    api.thread.start()
+    yield api
+    api.server.shutdown()
+    api.server.server_close()
+
+
+def http_backend(settings: Settings, store: ObjectStore, url: str, **kw: Any) -> MinerUBackend:
+    backend = MinerUBackend(with_mineru(settings, mode="http", api_url=url, **kw), store)
+    backend.retry_wait_s = 0.01
+    return backend
+
+
+def test_http_mode(fake_api: FakeMinerUAPI, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
+    backend = http_backend(sqlite_settings, store, fake_api.url, version="2.5.4")
+    assert backend.model_version == "mineru-2.5.4-pipeline"
+    data = a4_pdf()
+    res = predict(backend, data, spec)
+    check_ok(res, store)
+    assert res.confidence_detail["mode"] == "http"
+    (form,) = fake_api.requests
+    assert form["filename"] == f"{hashlib.sha256(data).hexdigest()}.pdf" and form["files"] == data
+    assert form["backend"] == "pipeline" and form["parse_method"] == "auto" and form["lang_list"] == "ch"
+    for flag in ("return_md", "return_middle_json", "return_model_output", "return_content_list"):
+        assert form[flag] == "true"
+    assert form["return_images"] == "false" and form["response_format_zip"] == "false"
+
+
+def test_http_retries_5xx(
+    fake_api: FakeMinerUAPI, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec
+) -> None:
+    fake_api.behaviour = ["503", "500"]
+    res = predict(http_backend(sqlite_settings, store, fake_api.url, max_retries=2), a4_pdf(), spec)
+    assert res.status == "ok" and len(fake_api.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "settings_kw", "error"),
+    [
+        (["500"] * 5, {"max_retries": 1}, "mineru-api failed after 2 attempts: HTTP 500"),
+        (["400"], {}, "mineru-api rejected the document: HTTP 400"),
+        (["slow"], {"timeout_s": 1, "max_retries": 0}, "mineru-api timed out after 1 s"),
+    ],
+)
+def test_http_failures(
+    fake_api: FakeMinerUAPI,
+    sqlite_settings: Settings,
+    store: LocalStore,
+    spec: TaskSpec,
+    behaviour: list[str],
+    settings_kw: dict[str, Any],
+    error: str,
+) -> None:
+    retried = behaviour[0] == "500"  # only 5xx (and timeouts) are retried; a 400 is final
+    fake_api.behaviour = list(behaviour)
+    res = predict(http_backend(sqlite_settings, store, fake_api.url, **settings_kw), a4_pdf(), spec)
+    assert res.status == "failed" and res.error.startswith(error), res.error
+    assert len(fake_api.requests) == (settings_kw["max_retries"] + 1 if retried else 1)
+
+
+def test_http_unreachable(sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
+    res = predict(
+        http_backend(sqlite_settings, store, f"http://127.0.0.1:{free_port()}", max_retries=1), a4_pdf(), spec
+    )
+    assert res.status == "failed" and "ConnectError" in res.error
+
+
+# --------------------------------------------------------------------------- Airflow hook
+
+
+def test_mineru_hook(monkeypatch: pytest.MonkeyPatch, sqlite_settings: Settings) -> None:
+    from operators.hooks.mineru import MinerUHook
+
+    assert MinerUHook("mineru_absent").apply(sqlite_settings) is sqlite_settings
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MINERU",
+        json.dumps(
+            {
+                "conn_type": "mineru",
+                "host": "gpu-node-1",
+                "port": 8010,
+                "extra": {"mode": "http", "backend": "vlm-http-client", "timeout_s": 600},
+            }
+        ),
+    )
+    merged = MinerUHook().apply(sqlite_settings).mineru
+    assert merged.api_url == "http://gpu-node-1:8010"
+    assert (merged.mode, merged.backend, merged.timeout_s) == ("http", "vlm-http-client", 600)
+    assert merged.command == sqlite_settings.mineru.command  # not in the connection: default kept
