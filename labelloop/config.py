@@ -42,12 +42,8 @@ class StorageSettings(BaseModel):
     backend: Literal["local", "s3"] = Field(
         "local", description="Object store: a local folder (embedded default) or MinIO/S3."
     )
-    root: Path = Field(
-        Path(".labelloop/objects"), description="Folder that holds the objects when backend=local."
-    )
-    endpoint: str = Field(
-        "127.0.0.1:9000", description="MinIO/S3 endpoint as host:port (no scheme); backend=s3."
-    )
+    root: Path = Field(Path(".labelloop/objects"), description="Folder that holds the objects when backend=local.")
+    endpoint: str = Field("127.0.0.1:9000", description="MinIO/S3 endpoint as host:port (no scheme); backend=s3.")
     access_key: SecretStr = Field(SecretStr("minioadmin"), description="MinIO/S3 access key.")
     secret_key: SecretStr = Field(SecretStr("minioadmin"), description="MinIO/S3 secret key.")
     bucket: str = Field("labelloop", description="Bucket that holds every labelloop object.")
@@ -79,12 +75,8 @@ class IngestSettings(BaseModel):
 
 
 class VLLMSettings(BaseModel):
-    base_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL of the vLLM server."
-    )
-    model: str = Field(
-        "Qwen/Qwen2.5-VL-7B-Instruct", description="Model name as served (--served-model-name)."
-    )
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL of the vLLM server.")
+    model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="Model name as served (--served-model-name).")
     model_version: str | None = Field(
         None,
         description="Version label stored with predictions; defaults to the model name. Change it "
@@ -98,9 +90,7 @@ class VLLMSettings(BaseModel):
         0.5, ge=0, description="First retry delay in seconds; doubles per retry (with jitter)."
     )
     retry_backoff_max_s: float = Field(30.0, ge=0, description="Upper bound of one retry delay.")
-    jpeg_quality: int = Field(
-        90, ge=50, le=100, description="JPEG quality of the resized image sent to the server."
-    )
+    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the resized image sent to the server.")
     max_tokens: int = Field(1024, ge=1, description="Completion token limit per request.")
     top_logprobs: int = Field(1, ge=0, le=20, description="top_logprobs to request (>=0).")
     coordinate_mode: Literal["absolute_resized", "relative_1000"] = Field(
@@ -137,9 +127,7 @@ class MinerUSettings(BaseModel):
 
 
 class DocumentSettings(BaseModel):
-    render_dpi: int = Field(
-        144, ge=36, le=600, description="DPI of page images rendered for review and block boxes."
-    )
+    render_dpi: int = Field(144, ge=36, le=600, description="DPI of page images rendered for review and block boxes.")
     ocr_min_chars: int = Field(
         16,
         ge=0,
@@ -169,6 +157,19 @@ class LabelStudioSettings(BaseModel):
         description="LOCAL_FILES_DOCUMENT_ROOT of the Label Studio server (media_mode=local); "
         "defaults to the local object store root.",
     )
+    s3_endpoint: str | None = Field(
+        None,
+        description="S3 endpoint URL as the Label Studio server reaches it (media_mode=s3); None: "
+        "http(s)://<storage.endpoint>; '' when the server trusts its own S3_ENDPOINT env var.",
+    )
+    import_timeout_s: float = Field(600.0, gt=0, description="Timeout of one bulk import request.")
+    sync_page_size: int = Field(500, ge=1, le=1000, description="Tasks per page when syncing annotations.")
+    sync_overlap_s: float = Field(
+        5.0,
+        ge=0,
+        description="The sync re-reads this many seconds before its watermark (clock skew, "
+        "transactions committing out of order); re-read annotations are deduplicated.",
+    )
 
 
 class RoutingSettings(BaseModel):
@@ -179,12 +180,8 @@ class RoutingSettings(BaseModel):
         default_factory=dict,
         description="Overrides as {'spec.field': threshold}; > 1 means always review.",
     )
-    audit_rate: float = Field(
-        0.05, ge=0, le=1, description="Share of would-be auto-accepts sent to review as audit."
-    )
-    audit_salt: str = Field(
-        "labelloop-audit", description="Salt of the deterministic audit hash (change to resample)."
-    )
+    audit_rate: float = Field(0.05, ge=0, le=1, description="Share of would-be auto-accepts sent to review as audit.")
+    audit_salt: str = Field("labelloop-audit", description="Salt of the deterministic audit hash (change to resample).")
 
 
 class ExportSettings(BaseModel):
@@ -234,9 +231,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    home: Path = Field(
-        Path(".labelloop"), description="Working folder for embedded defaults (DB, objects, reports)."
-    )
+    home: Path = Field(Path(".labelloop"), description="Working folder for embedded defaults (DB, objects, reports).")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

@@ -36,8 +36,15 @@ class CalibrateOperator(BaseOperator):
             db.dispose()
         summary = {**result.as_dict(), "report": report}
         for f in summary["fields"]:
-            self.log.info("%s.%s %s %s: threshold %s (n=%s)", f["spec"], f["field"], f["model"], f["model_version"],
-                          f["threshold"], f["n_samples"])
+            self.log.info(
+                "%s.%s %s %s: threshold %s (n=%s)",
+                f["spec"],
+                f["field"],
+                f["model"],
+                f["model_version"],
+                f["threshold"],
+                f["n_samples"],
+            )
         if result.drift:
             raise AirflowFailException(str(DriftDetected(result.drift)))
         return summary

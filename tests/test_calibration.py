@@ -289,8 +289,12 @@ def test_cli_calibrate_and_thresholds(tmp_path, monkeypatch) -> None:  # type: i
     db = Database(DatabaseSettings(url=url))
     db.upgrade()
     _log(db, _sim_rows(11, 1200))
-    env = {"LABELLOOP_DB__URL": url, "LABELLOOP_STORAGE__ROOT": str(tmp_path / "o"), "LABELLOOP_HOME": str(tmp_path),
-           "COLUMNS": "250"}
+    env = {
+        "LABELLOOP_DB__URL": url,
+        "LABELLOOP_STORAGE__ROOT": str(tmp_path / "o"),
+        "LABELLOOP_HOME": str(tmp_path),
+        "COLUMNS": "250",
+    }
     r = CliRunner().invoke(app, ["calibrate", "--json"], env=env)
     assert r.exit_code == 0, r.output
     import json

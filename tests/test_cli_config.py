@@ -96,7 +96,5 @@ def test_every_setting_is_documented() -> None:
     docs = (REPO / "docs" / "configuration.md").read_text()
     for env_name, _default, description in iter_setting_docs():
         assert description, f"{env_name} has no description"
-        assert f"`{env_name}`" in docs, (
-            f"{env_name} missing from docs/configuration.md (run `labelloop config docs`)"
-        )
+        assert f"`{env_name}`" in docs, f"{env_name} missing from docs/configuration.md (run `labelloop config docs`)"
     assert settings_markdown().count("\n") + 1 == len(iter_setting_docs()) + 2

@@ -534,9 +534,7 @@ def test_endpoints_name_services_and_ports(resolved: dict[str, Any]) -> None:
         ("postgres", "db", "LABELLOOP_DB__URL"),
     ],
 )
-def test_endpoint_check_fails_when_a_service_is_renamed(
-    resolved: dict[str, Any], old: str, new: str, var: str
-) -> None:
+def test_endpoint_check_fails_when_a_service_is_renamed(resolved: dict[str, Any], old: str, new: str, var: str) -> None:
     found = endpoint_problems(renamed_service(resolved, old, new))
     assert any(p.startswith(f"{var}: host {old!r}") for p in found)
 
@@ -599,14 +597,10 @@ def test_labelloop_names_are_settings_fields(compose: dict[str, Any]) -> None:
 def test_settings_name_check_can_fail(compose: dict[str, Any]) -> None:
     broken = copy.deepcopy(compose)
     broken["x-airflow-common"]["environment"]["LABELLOOP_VLLM__BASEURL"] = "http://vllm:8000/v1"
-    assert settings_name_problems(broken) == [
-        "LABELLOOP_VLLM__BASEURL is not a field of labelloop.config.Settings"
-    ]
+    assert settings_name_problems(broken) == ["LABELLOOP_VLLM__BASEURL is not a field of labelloop.config.Settings"]
 
 
-def test_airflow_env_loads_into_settings(
-    airflow_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_airflow_env_loads_into_settings(airflow_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("LABELLOOP_"):
             monkeypatch.delenv(key)
@@ -640,9 +634,7 @@ def test_vllm_agrees_with_labelloop(resolved: dict[str, Any], airflow_env: dict[
         "min_pixels": int(airflow_env["LABELLOOP_VLLM__MIN_PIXELS"]),
         "max_pixels": int(airflow_env["LABELLOOP_VLLM__MAX_PIXELS"]),
     }
-    top_logprobs_cap = next(
-        m.le for m in VLLMSettings.model_fields["top_logprobs"].metadata if hasattr(m, "le")
-    )
+    top_logprobs_cap = next(m.le for m in VLLMSettings.model_fields["top_logprobs"].metadata if hasattr(m, "le"))
     assert int(flag_value(args, "--max-logprobs")) >= top_logprobs_cap
     assert "/health" in healthcheck_test(vllm)
     assert any(v.endswith(":/root/.cache/huggingface") for v in vllm["volumes"])

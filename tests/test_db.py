@@ -65,9 +65,7 @@ def test_prediction_identity_is_unique_and_new_prompt_is_new_row(db: Database) -
         item = _item()
         s.add(item)
         s.flush()
-        common = dict(
-            item_id=item.id, spec="caption", backend="vllm", model="m", model_version="1", status="ok"
-        )
+        common = dict(item_id=item.id, spec="caption", backend="vllm", model="m", model_version="1", status="ok")
         s.add(Prediction(prompt_hash="p1", **common))
         s.add(Prediction(prompt_hash="p2", **common))
     with pytest.raises(IntegrityError), db.transaction() as s:

@@ -30,12 +30,7 @@ def _png_header_only(w: int, h: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
 
 
 def _pdf(pages: int, password: str | None = None) -> bytes:
@@ -126,9 +121,7 @@ def test_one_reject_row_per_bad_file_and_good_files_beside_them(
     db: Database, settings: Settings, tmp_path: Path, sample_data: Path
 ) -> None:
     settings = settings.model_copy(
-        update={
-            "ingest": settings.ingest.model_copy(update={"max_image_pixels": 50_000_000, "max_pdf_pages": 5})
-        }
+        update={"ingest": settings.ingest.model_copy(update={"max_image_pixels": 50_000_000, "max_pdf_pages": 5})}
     )
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -228,8 +221,6 @@ def test_ingest_from_s3_prefix_into_s3_store(
     assert ingest(sqlite_db, s3_store, settings, f"s3://{s3_settings.bucket}/incoming/batch1/").new_items == 0
 
 
-def test_missing_source_is_a_clear_error(
-    sqlite_db: Database, sqlite_settings: Settings, tmp_path: Path
-) -> None:
+def test_missing_source_is_a_clear_error(sqlite_db: Database, sqlite_settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ingest(sqlite_db, LocalStore(tmp_path), sqlite_settings, str(tmp_path / "nope"))

@@ -108,9 +108,7 @@ def test_local_put_is_atomic_for_concurrent_readers(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_publish_writes_manifest_last_and_a_crash_leaves_no_manifest(
-    any_store: ObjectStore, tmp_path: Path
-) -> None:
+def test_publish_writes_manifest_last_and_a_crash_leaves_no_manifest(any_store: ObjectStore, tmp_path: Path) -> None:
     def manifest(sums: dict[str, tuple[str, int]]) -> bytes:
         return json.dumps({"files": {k: {"sha256": v[0], "size": v[1]} for k, v in sums.items()}}).encode()
 

@@ -85,9 +85,7 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("thresholds", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_thresholds_lookup", ["spec", "model", "model_version", "prompt_hash"], unique=False
-        )
+        batch_op.create_index("ix_thresholds_lookup", ["spec", "model", "model_version", "prompt_hash"], unique=False)
 
     op.create_table(
         "validation_runs",
@@ -133,9 +131,7 @@ def upgrade() -> None:
         sa.Column("item_id", sa.Integer(), nullable=False),
         sa.Column("source_uri", sa.Text(), nullable=False),
         sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_item_aliases_item_id"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name=op.f("fk_item_aliases_item_id"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_item_aliases")),
         sa.UniqueConstraint("item_id", "source_uri", name="uq_item_aliases_item_uri"),
     )
@@ -159,13 +155,9 @@ def upgrade() -> None:
         sa.Column("prompt_tokens", sa.Integer(), nullable=True),
         sa.Column("completion_tokens", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_predictions_item_id"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name=op.f("fk_predictions_item_id"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_predictions")),
-        sa.UniqueConstraint(
-            "item_id", "spec", "model", "model_version", "prompt_hash", name="uq_predictions_identity"
-        ),
+        sa.UniqueConstraint("item_id", "spec", "model", "model_version", "prompt_hash", name="uq_predictions_identity"),
     )
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_predictions_item_id"), ["item_id"], unique=False)
@@ -189,9 +181,7 @@ def upgrade() -> None:
         sa.Column("ls_task_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_review_tasks_item_id"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name=op.f("fk_review_tasks_item_id"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["prediction_id"],
             ["predictions.id"],
@@ -315,9 +305,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["annotation_id"], ["annotations.id"], name=op.f("fk_records_annotation_id"), ondelete="SET NULL"
         ),
-        sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_records_item_id"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name=op.f("fk_records_item_id"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["prediction_id"], ["predictions.id"], name=op.f("fk_records_prediction_id"), ondelete="SET NULL"
         ),

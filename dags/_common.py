@@ -1,0 +1,46 @@
+"""Helpers shared by the labelloop DAGs: default args, settings, the dataset asset.
+
+Kept free of work at import time beyond reading the spec YAML files (for Param choices): the DAG
+processor imports every DAG file often.
+
+The dataset asset: **one** asset for every spec, ``labelloop_datasets``. The export DAG picks its
+spec at run time (a Param), and Airflow emits an event on *every* outlet of a successful task, so
+per-spec assets would need one export DAG per spec. Each event's extra names the spec, the
+version and the version folder's URI (``uri``); ``labelloop_train`` trains on the newest version
+per spec among the events that triggered it. A consumer interested in one spec reads
+``extra["spec"]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+from airflow.sdk import Asset
+
+if TYPE_CHECKING:
+    from labelloop.config import Settings
+
+DATASETS = Asset(name="labelloop_datasets", uri="labelloop://datasets/")
+START_DATE = pendulum.datetime(2025, 1, 1, tz="UTC")
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "labelloop",
+    "retries": 1,
+    "retry_delay": dt.timedelta(minutes=2),
+}
+
+
+def build_settings() -> Settings:
+    """labelloop Settings inside a task: environment (``LABELLOOP_*``, ``LABELLOOP_CONFIG_FILE``)
+    with the Airflow Connections that exist (curation DB, object store, ...) laid on top."""
+    from operators.settings import airflow_settings
+
+    return airflow_settings()
+
+
+def spec_names() -> list[str]:
+    """Names of the installed task specs, for Param choices (read from YAML at parse time)."""
+    from labelloop.specs import SpecRegistry
+
+    return SpecRegistry().names()

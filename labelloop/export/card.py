@@ -1,0 +1,215 @@
+"""The dataset card: ``README.md`` in the version folder, with PNG plots under ``card/``.
+
+Whoever picks a version for training should see, without running anything, how big it is, where
+its labels came from (human review, audit, auto-accept; which model versions), how the labels are
+distributed (choice fields, grounding labels, block types) and how confident the model was. Plots
+are drawn with matplotlib's Agg canvas on bare ``Figure`` objects (no pyplot global state), so
+they render headless and in threads.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+from collections import Counter, defaultdict
+from typing import Any
+
+from labelloop.specs import TaskSpec
+
+TOP_LABELS = 30
+
+
+class CardStats:
+    """Accumulates what the card shows while records stream through the export."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.provenance: Counter[str] = Counter()
+        self.model_versions: Counter[str] = Counter()
+        self.annotators: set[str] = set()
+        self.split_records: Counter[str] = Counter()
+        self.split_samples: Counter[str] = Counter()
+        self.distributions: dict[str, Counter[str]] = defaultdict(Counter)
+        self.confidence: dict[str, list[float]] = defaultdict(list)
+
+    def add(
+        self,
+        *,
+        split: str,
+        provenance: str,
+        model: str | None,
+        model_version: str | None,
+        annotator: str | None,
+        confidence: float | None,
+        record: dict[str, Any],
+        n_samples: int,
+    ) -> None:
+        self.provenance[provenance] += 1
+        self.model_versions[f"{model or '?'} {model_version or ''}".strip()] += 1
+        if annotator:
+            self.annotators.add(annotator)
+        self.split_records[split] += 1
+        self.split_samples[split] += n_samples
+        if confidence is not None:
+            self.confidence[provenance].append(float(confidence))
+        for name, f in self.spec.fields.items():
+            value = record.get(name)
+            if f.kind == "choice" and value is not None:
+                self.distributions[name][str(value)] += 1
+            elif f.kind == "objects" and isinstance(value, list):
+                self.distributions[f"{name} labels"].update(str(o.get("label")) for o in value)
+            elif f.kind == "blocks":
+                types = self.distributions["block types"]
+                for page in record.get("pages") or []:
+                    types.update(str(b.get("type")) for b in page.get("blocks") or [])
+
+    @property
+    def n_records(self) -> int:
+        return sum(self.split_records.values())
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def bar_plot(title: str, counts: Counter[str]) -> bytes:
+    from matplotlib.figure import Figure
+
+    top = counts.most_common(TOP_LABELS)
+    fig = Figure(figsize=(7, max(2.0, 0.3 * len(top) + 1)))
+    ax = fig.subplots()
+    labels = [k for k, _ in top][::-1]
+    ax.barh(labels, [v for _, v in top][::-1], color="#4c6ef5")
+    ax.set_title(title)
+    ax.set_xlabel("count")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confidence_plot(confidence: dict[str, list[float]]) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    provs = sorted(confidence)
+    ax.hist([confidence[p] for p in provs], bins=20, range=(0.0, 1.0), stacked=True, label=provs)
+    ax.set_title("record confidence (min over fields) by provenance")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("records")
+    if provs:
+        ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_card(stats: CardStats, meta: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
+    """(README.md text, {"card/<name>.png": bytes}); ``meta`` is the manifest without files."""
+    spec = stats.spec
+    n = stats.n_records or 1
+    plots: dict[str, bytes] = {}
+    counts = meta["counts"]
+    coords = meta["coordinates"]
+    out = [
+        f"# {spec.name} {meta['version']}",
+        "",
+        spec.description or "",
+        "",
+        f"Created {meta['created_at']} by labelloop from validation run {meta['validation_run_id']}. "
+        f"Content hash `{meta['content_hash'][:16]}`. `manifest.json` lists every file with its sha256.",
+        "",
+        "## Contents",
+        "",
+        _table(
+            ("split", "records", "samples"),
+            [(s, stats.split_records[s], stats.split_samples[s]) for s in ("train", "val")]
+            + [("total", counts["records"], counts["samples"])],
+        ),
+        "",
+        f"{counts['images']} images. Split by item (salted sha256), validation share "
+        f"{meta['val_fraction']:.0%}; all pages of a document stay in one split.",
+        "",
+        "## Provenance",
+        "",
+        _table(
+            ("provenance", "records", "share"),
+            [(p, c, f"{c / n:.1%}") for p, c in sorted(stats.provenance.items())],
+        ),
+        "",
+        "human: corrected or confirmed in review; audited: an auto-accept sampled for review; "
+        "auto: accepted on model confidence.",
+        "",
+        _table(("model version", "records"), sorted(stats.model_versions.items())),
+        "",
+        f"{len(stats.annotators)} distinct annotator(s).",
+    ]
+    if stats.distributions:
+        out += ["", "## Label distributions"]
+        for title, counter in sorted(stats.distributions.items()):
+            name = f"card/{_slug(title)}.png"
+            plots[name] = bar_plot(title, counter)
+            total = sum(counter.values()) or 1
+            out += [
+                "",
+                f"### {title}",
+                "",
+                _table(
+                    ("value", "count", "share"),
+                    [(k, v, f"{v / total:.1%}") for k, v in counter.most_common()],
+                ),
+                "",
+                f"![{title}]({name})",
+            ]
+    values = [v for vs in stats.confidence.values() for v in vs]
+    out += ["", "## Confidence", ""]
+    if values:
+        plots["card/confidence.png"] = confidence_plot(stats.confidence)
+        out += [
+            f"{len(values)} records with a confidence: min {min(values):.3f}, median "
+            f"{statistics.median(values):.3f}, mean {statistics.fmean(values):.3f}.",
+            "",
+            "![confidence](card/confidence.png)",
+        ]
+    else:
+        out.append("No record carries a confidence.")
+    out += [
+        "",
+        "## Files and how to train",
+        "",
+        "- `qwen_train.json`, `qwen_val.json`: qwen-vl-finetune (`image` + `conversations`). Register "
+        '`{"annotation_path": "<this folder>/qwen_train.json", "data_path": "<this folder>"}` in '
+        "`qwenvl/data/__init__.py` (`data_dict`), or let labelloop's training DAG do it.",
+        "- `llamafactory_train.json`, `llamafactory_val.json`, `dataset_info.json`: LLaMA-Factory "
+        "ShareGPT; use this folder as `dataset_dir`.",
+        "- `swift_train.jsonl`, `swift_val.jsonl`: ms-swift; run from this folder (image paths are "
+        "relative) with `QWENVL_BBOX_FORMAT=new`, which renders `<bbox>` as `[x1, y1, x2, y2]`.",
+        "- `provenance.jsonl`: per record: provenance, model version, annotator, confidence, record "
+        "hash, split, validation run.",
+        "",
+        "## Coordinates",
+        "",
+        f"Boxes in the Qwen-VL and LLaMA-Factory answers are `{coords['qwen_coordinate_mode']}`"
+        + (
+            f": absolute pixels of the image as Qwen2.5-VL's processor resizes it with "
+            f"min_pixels={coords['min_pixels']} and max_pixels={coords['max_pixels']}. Train with the "
+            "same `--min_pixels`/`--max_pixels`, or every box is off."
+            if coords["qwen_coordinate_mode"] == "absolute_resized"
+            else ": a 0-1000 grid over the image (Qwen2-VL, Qwen3-VL)."
+        ),
+        "LLaMA-Factory shrinks images above its `image_max_pixels` before the processor does: set it "
+        "at least as high as max_pixels so the frames agree. ms-swift gets original pixels "
+        "(`bbox_type: real`) and converts them for the model itself.",
+        "",
+    ]
+    return "\n".join(out), plots

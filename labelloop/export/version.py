@@ -1,0 +1,119 @@
+"""Dataset version names, layout and manifests; reading a published version back.
+
+Layout: ``datasets/<spec>/<version>/`` with the annotation files, ``images/``, ``README.md``,
+``card/`` and ``manifest.json``. The manifest is written last (``labelloop.storage.publish``) and
+lists every file with its sha256, so "the manifest exists" means "the version is complete", and a
+reader can verify every byte it uses. Versions are named ``v0001``, ``v0002``...: sortable as
+strings, and short enough for a trainer's dataset name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from labelloop.storage import ObjectNotFound, ObjectStore
+
+MANIFEST = "manifest.json"
+#: one line per member record: provenance, model version, annotator, split, validation run
+PROVENANCE = "provenance.jsonl"
+FORMAT = "labelloop.dataset/1"
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+class VersionError(RuntimeError):
+    """A version is missing, incomplete or does not match its manifest."""
+
+
+def version_name(n: int) -> str:
+    return f"v{n:04d}"
+
+
+def version_number(name: str) -> int:
+    m = _VERSION.match(name)
+    if not m:
+        raise ValueError(f"not a version name: {name!r}")
+    return int(m.group(1))
+
+
+def version_prefix(spec: str, version: str) -> str:
+    return f"datasets/{spec}/{version}"
+
+
+def dataset_name(spec: str, version: str) -> str:
+    """Name under which trainers register the version, e.g. ``labelloop_grounding_v0003``."""
+    return f"labelloop_{spec}_{version}"
+
+
+def read_manifest(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
+    """The version's manifest, or None when it is not (or not completely) published."""
+    try:
+        return json.loads(store.get(f"{prefix.rstrip('/')}/{MANIFEST}"))
+    except ObjectNotFound:
+        return None
+
+
+def verify_version(store: ObjectStore, prefix: str) -> list[str]:
+    """Problems with a published version: missing files or sha256 mismatches (empty = intact)."""
+    manifest = read_manifest(store, prefix)
+    if manifest is None:
+        return [f"{prefix}: no {MANIFEST} (not published)"]
+    problems = []
+    for name, meta in manifest["files"].items():
+        try:
+            data = store.get(f"{prefix}/{name}")
+        except ObjectNotFound:
+            problems.append(f"{name}: missing")
+            continue
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest")
+    return problems
+
+
+def materialize(store: ObjectStore, prefix: str, dest: Path) -> Path:
+    """A local folder with the whole version, every file checked against the manifest.
+
+    A local store already holds the files as a folder: that folder is returned as is (no copy of
+    possibly 100k images). Otherwise the files are downloaded into ``dest`` (via a temporary
+    sibling folder renamed at the end, so a half-downloaded copy is never mistaken for a whole
+    one); an existing ``dest`` with the same manifest is reused.
+    """
+    prefix = prefix.rstrip("/")
+    manifest_bytes = _get_manifest_bytes(store, prefix)
+    local = store.local_path(f"{prefix}/{MANIFEST}")
+    if local is not None:
+        return local.parent
+    dest = Path(dest)
+    if (dest / MANIFEST).is_file() and (dest / MANIFEST).read_bytes() == manifest_bytes:
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = json.loads(manifest_bytes)
+    for name, meta in manifest["files"].items():
+        path = tmp / name
+        store.get_file(f"{prefix}/{name}", path)
+        if _sha256_file(path) != meta["sha256"]:
+            raise VersionError(f"{prefix}/{name}: downloaded bytes do not match the manifest")
+    (tmp / MANIFEST).write_bytes(manifest_bytes)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def _get_manifest_bytes(store: ObjectStore, prefix: str) -> bytes:
+    try:
+        return store.get(f"{prefix}/{MANIFEST}")
+    except ObjectNotFound:
+        raise VersionError(f"{prefix} is not a published dataset version (no {MANIFEST})") from None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

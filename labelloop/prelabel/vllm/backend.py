@@ -1,0 +1,264 @@
+"""Qwen-VL through vLLM's OpenAI-compatible server: one image in, one spec record out.
+
+Per item: orient and ``smart_resize`` the image on the client (in a worker thread: decoding and
+encoding are CPU work that must not stall the event loop that keeps dozens of requests in
+flight), send it as a base64 data URL with the spec's prompt and JSON schema as
+``response_format``, then check the answer:
+
+* ``finish_reason == "length"``, JSON that does not parse, or JSON that breaks the spec's schema
+  (checked with jsonschema: a server that ignored the constraint must not slip records through)
+  -> a *failed* prediction with the raw text and the reason, so the item goes to review;
+* HTTP errors left after the client's retries -> failed too, with the status and response body.
+
+Boxes come back in the model's convention (``settings.vllm.coordinate_mode``) and are stored in
+original pixels. Routing confidence per field is the joint probability of the value tokens for
+scalar fields (text, choice, box) and, for list fields (regions, objects), the minimum over
+elements (and over the list's closing decision); see :mod:`.confidence` for exactly which tokens
+count. Latency and token usage are stored per prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+from jsonschema.validators import validator_for
+
+from labelloop.config import Settings
+from labelloop.db.models import Item
+from labelloop.prelabel.base import Backend, PredictionResult
+from labelloop.prelabel.qwen_resize import (
+    CoordinateMode,
+    PreparedImage,
+    ResizePlan,
+    box_from_model,
+    prepare_image,
+)
+from labelloop.prelabel.vllm.client import ChatClient, ChatError, ChatResult
+from labelloop.prelabel.vllm.confidence import field_confidences, parse_logprobs
+from labelloop.specs import TaskSpec
+from labelloop.storage import ObjectStore
+
+#: keys that hold a box inside list items
+_ITEM_BOX_KEYS = ("bbox", "bbox_2d")
+
+
+@lru_cache(maxsize=64)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    cls = validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def schema_errors(record: Any, schema: dict[str, Any]) -> list[str]:
+    """Human-readable schema violations of ``record`` (empty when valid)."""
+    return _errors(_validator(json.dumps(schema, sort_keys=True)), record)
+
+
+def _errors(validator: jsonschema.protocols.Validator, record: Any) -> list[str]:
+    out = []
+    for err in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        out.append(f"{where}: {err.message}")
+    return out
+
+
+def map_boxes(record: dict[str, Any], spec: TaskSpec, plan: ResizePlan, mode: CoordinateMode) -> dict[str, Any]:
+    """The record with every box of the spec's fields converted from model to original pixels."""
+    out = dict(record)
+    for name, fspec in spec.fields.items():
+        value = out.get(name)
+        if value is None:
+            continue
+        if fspec.kind == "box":
+            out[name] = box_from_model(value, plan, mode)
+        elif fspec.kind in ("regions", "objects") and isinstance(value, list):
+            items = []
+            for el in value:
+                el = dict(el)
+                for key in _ITEM_BOX_KEYS:
+                    if el.get(key) is not None:
+                        el[key] = box_from_model(el[key], plan, mode)
+                items.append(el)
+            out[name] = items
+    return out
+
+
+class VLLMBackend(Backend):
+    """Qwen-VL (2, 2.5, 3) served by vLLM; concurrency is bounded by the runner.
+
+    ``model``/``model_version`` come from ``settings.vllm`` (``model_version`` defaults to the
+    model name); the prompt hash is the spec's. The HTTP client is created on first use inside the
+    running event loop and pooled for ``settings.vllm.concurrency`` connections.
+    """
+
+    name = "vllm"
+
+    def __init__(self, settings: Settings, store: ObjectStore | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.vllm
+        self.store = store
+        self.model = self.cfg.model
+        self.model_version = self.cfg.model_version or self.cfg.model
+        self._validators: dict[tuple[str, str], jsonschema.protocols.Validator] = {}
+        self._client: ChatClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _validator_for(self, spec: TaskSpec) -> jsonschema.protocols.Validator:
+        key = (spec.name, spec.prompt_hash)
+        v = self._validators.get(key)
+        if v is None:
+            v = self._validators[key] = _validator(json.dumps(spec.json_schema, sort_keys=True))
+        return v
+
+    def supports(self, spec: TaskSpec) -> bool:
+        return spec.media == "image"
+
+    def client(self) -> ChatClient:
+        """The pooled client of the running loop (a new loop, e.g. a second asyncio.run, gets its own)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = ChatClient(
+                self.cfg.base_url,
+                api_key=self.cfg.api_key.get_secret_value() or None,
+                timeout_s=self.cfg.timeout_s,
+                max_retries=self.cfg.max_retries,
+                # a little headroom over the runner's bound for connections being recycled
+                max_connections=self.cfg.concurrency + 4,
+                backoff_initial_s=self.cfg.retry_backoff_s,
+                backoff_max_s=self.cfg.retry_backoff_max_s,
+            )
+            self._loop = loop
+        return self._client
+
+    def image_pool(self) -> ThreadPoolExecutor:
+        """Threads for image preparation, separate from the loop's default executor.
+
+        In the default executor, resizing would queue ahead of the runner's quick hops (next
+        item, object reads, DB flushes) and starve the request pipeline. One thread per core:
+        Pillow releases the GIL while it decodes, resamples and encodes.
+        """
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="vllm-img")
+        return self._pool
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _prepare(self, data: bytes) -> tuple[PreparedImage, str]:
+        img = prepare_image(
+            data,
+            min_pixels=self.cfg.min_pixels,
+            max_pixels=self.cfg.max_pixels,
+            jpeg_quality=self.cfg.jpeg_quality,
+        )
+        url = f"data:{img.mime};base64,{base64.b64encode(img.data).decode('ascii')}"
+        return img, url
+
+    def messages(self, spec: TaskSpec, image_url: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                    {"type": "text", "text": spec.prompt.strip()},
+                ],
+            }
+        ]
+
+    async def predict(self, item: Item, data: bytes, spec: TaskSpec) -> PredictionResult:
+        t0 = time.perf_counter()
+        try:
+            img, url = await asyncio.get_running_loop().run_in_executor(self.image_pool(), self._prepare, data)
+        except Exception as e:  # undecodable or absurd (aspect > 200) images fail, not crash
+            return PredictionResult.failed(f"image could not be prepared: {type(e).__name__}: {e}")
+        msgs = self.messages(spec, url)
+        del url  # the base64 copy is the largest object per request; do not keep it around
+        try:
+            res = await self.client().chat(
+                model=self.model,
+                messages=msgs,
+                json_schema=spec.json_schema,
+                schema_name=spec.name,
+                max_tokens=self.cfg.max_tokens,
+                logprobs=True,
+                top_logprobs=self.cfg.top_logprobs,
+                request_id=item.sha256,
+            )
+        except ChatError as e:
+            return PredictionResult.failed(
+                e.reason,
+                raw_output=e.body,
+                latency_ms=_ms(t0),
+                confidence_detail={"attempts": e.attempts, "status": e.status},
+            )
+        return self._interpret(spec, img.plan, res, t0)
+
+    def _interpret(self, spec: TaskSpec, plan: ResizePlan, res: ChatResult, t0: float) -> PredictionResult:
+        """Check the answer and turn it into a record in original pixels, or a failure."""
+        content, finish_reason = res.content, res.finish_reason
+        common: dict[str, Any] = {
+            "raw_output": content,
+            "latency_ms": _ms(t0),
+            "prompt_tokens": res.prompt_tokens,
+            "completion_tokens": res.completion_tokens,
+        }
+        meta = {
+            "attempts": res.attempts,
+            "coordinate_mode": self.cfg.coordinate_mode,
+            "resize": {
+                "width": plan.width,
+                "height": plan.height,
+                "orig_width": plan.orig_width,
+                "orig_height": plan.orig_height,
+            },
+        }
+        if finish_reason == "length":
+            return PredictionResult.failed(
+                "truncated: finish_reason=length (max_tokens reached)", confidence_detail=meta, **common
+            )
+        if content is None:
+            return PredictionResult.failed(
+                f"empty answer (finish_reason={finish_reason})", confidence_detail=meta, **common
+            )
+        try:
+            parsed = json.loads(content)
+        except ValueError as e:
+            return PredictionResult.failed(f"invalid JSON: {e}", confidence_detail=meta, **common)
+        errors = _errors(self._validator_for(spec), parsed)
+        if errors:
+            return PredictionResult.failed(
+                "schema violation: " + "; ".join(errors[:5]), confidence_detail=meta, **common
+            )
+        try:
+            record = map_boxes(parsed, spec, plan, self.cfg.coordinate_mode)
+        except (TypeError, ValueError) as e:
+            return PredictionResult.failed(f"bad box: {e}", confidence_detail=meta, **common)
+        for name in spec.fields:
+            record.setdefault(name, None)
+        routing, detail = field_confidences(content, parse_logprobs(res.logprobs), spec)
+        return PredictionResult(
+            status="ok",
+            record=record,
+            field_confidence=routing,
+            confidence_detail={"fields": detail, **meta},
+            **common,
+        )
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

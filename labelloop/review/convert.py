@@ -1,0 +1,421 @@
+"""Spec records <-> Label Studio results, generic over the spec's field kinds.
+
+Records keep boxes in original-image pixels (documents: page pixels); Label Studio keeps regions
+in percent of the image it shows, with ``original_width``/``original_height`` beside them. This
+module is the only place that converts between the two, and it is driven by the spec alone (the
+field's kind and its ``ls`` mapping), so a new spec needs no code here:
+
+  text     a TextArea result without geometry (``value.text``)
+  choice   a Choices result (``value.choices``)
+  box      one rectangle of a RectangleLabels control, the one carrying the field's ``ls.label``
+  regions  rectangles of ``ls.from_name`` plus a per-region TextArea (``ls.text_from_name``)
+           sharing the rectangle's region id
+  objects  rectangles of ``ls.from_name`` whose label is the object's label
+  blocks   like regions, the rectangle's label being the block type (one page per task)
+
+A document is reviewed a page per task: :func:`task_view` cuts one page out of the record and
+:func:`merge_page` puts the reviewed page back. Every conversion has a round-trip test
+(tests/test_review_convert.py); a silent coordinate error would ruin a fine-tune.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from labelloop.specs import FieldSpec, TaskSpec
+
+RECT_TYPES = ("rectanglelabels", "rectangle")
+#: what a human-drawn block gets where the record needs a provenance the human cannot give
+HUMAN_BLOCK_SCORE = 1.0
+DEFAULT_BLOCK_SOURCE = "layout"
+#: keys of a block that say where it came from, not what it is; comparisons ignore them
+BLOCK_META_KEYS = ("score", "source")
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """Pixel size of the image a task shows (after EXIF orientation; documents: the page render)."""
+
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def box_to_value(bbox: Sequence[float], size: ImageSize) -> dict[str, float]:
+    """[x1, y1, x2, y2] in pixels -> Label Studio's rectangle value in percent."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return {
+        "x": x1 / size.width * 100.0,
+        "y": y1 / size.height * 100.0,
+        "width": (x2 - x1) / size.width * 100.0,
+        "height": (y2 - y1) / size.height * 100.0,
+        "rotation": 0,
+    }
+
+
+def value_to_box(value: Mapping[str, Any], size: ImageSize, *, integer: bool) -> list[float] | list[int]:
+    """Label Studio's rectangle value -> [x1, y1, x2, y2] in pixels, clamped to the image.
+
+    A rotated rectangle (rotation in degrees, clockwise about its top-left corner, applied in
+    pixel space) becomes its axis-aligned bounding box: records have no rotation. ``integer``
+    rounds to whole pixels (image specs' schemas use integers); otherwise to 0.01 px.
+    """
+    x = float(value["x"]) / 100.0 * size.width
+    y = float(value["y"]) / 100.0 * size.height
+    w = float(value["width"]) / 100.0 * size.width
+    h = float(value["height"]) / 100.0 * size.height
+    theta = math.radians(float(value.get("rotation") or 0.0))
+    if theta:
+        c, s = math.cos(theta), math.sin(theta)
+        xs = [x, x + w * c, x - h * s, x + w * c - h * s]
+        ys = [y, y + w * s, y + h * c, y + w * s + h * c]
+        box = [min(xs), min(ys), max(xs), max(ys)]
+    else:
+        box = [x, y, x + w, y + h]
+    box = [
+        min(max(box[0], 0.0), size.width),
+        min(max(box[1], 0.0), size.height),
+        min(max(box[2], 0.0), size.width),
+        min(max(box[3], 0.0), size.height),
+    ]
+    if integer:
+        return [round(v) for v in box]
+    return [round(v, 2) for v in box]
+
+
+# --------------------------------------------------------------------------- record -> result
+
+
+def _region(
+    rid: str, control: str, to_name: str, size: ImageSize, geom: dict[str, float], kind: str, payload: dict
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "from_name": control,
+        "to_name": to_name,
+        "type": kind,
+        "original_width": size.width,
+        "original_height": size.height,
+        "image_rotation": 0,
+        "value": {**geom, **payload},
+    }
+
+
+def _score_at(scores: float | Sequence[float] | None, i: int) -> float | None:
+    if scores is None:
+        return None
+    if isinstance(scores, int | float):
+        return float(scores)
+    return float(scores[i]) if i < len(scores) and scores[i] is not None else None
+
+
+def _rect_and_text(
+    rid: str,
+    f: FieldSpec,
+    size: ImageSize,
+    bbox: Sequence[float],
+    label: str,
+    text: str | None,
+    score: float | None,
+) -> list[dict[str, Any]]:
+    geom = box_to_value(bbox, size)
+    rect = _region(rid, f.ls.from_name, f.ls.to_name, size, geom, "rectanglelabels", {"rectanglelabels": [label]})
+    if score is not None:
+        rect["score"] = score
+    out = [rect]
+    if f.ls.text_from_name and text:
+        out.append(_region(rid, f.ls.text_from_name, f.ls.to_name, size, geom, "textarea", {"text": [text]}))
+    return out
+
+
+def field_to_results(
+    name: str, f: FieldSpec, value: Any, size: ImageSize, scores: float | Sequence[float] | None = None
+) -> list[dict[str, Any]]:
+    """One field's value as Label Studio result entries (empty values give none)."""
+    ls = f.ls
+    if f.kind == "text":
+        if value is None or str(value) == "":
+            return []
+        return [
+            {
+                "id": name,
+                "from_name": ls.from_name,
+                "to_name": ls.to_name,
+                "type": "textarea",
+                "value": {"text": [str(value)]},
+            }
+        ]
+    if f.kind == "choice":
+        if value is None or value not in (f.choices or []):
+            return []  # a value outside the config's choices could not be shown, only confuse
+        return [
+            {
+                "id": name,
+                "from_name": ls.from_name,
+                "to_name": ls.to_name,
+                "type": "choices",
+                "value": {"choices": [value]},
+            }
+        ]
+    if f.kind == "box":
+        if not value:
+            return []
+        return _rect_and_text(name, f, size, value, ls.label or name, None, _score_at(scores, 0))
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(value or []):
+        rid = f"{name}-{i}"
+        if f.kind == "regions":
+            label = ls.label or "Text"
+            out += _rect_and_text(rid, f, size, entry["bbox"], label, entry.get("text"), _score_at(scores, i))
+        elif f.kind == "objects":
+            label = entry.get("label") or ls.label or "object"
+            out += _rect_and_text(rid, f, size, entry["bbox_2d"], label, None, _score_at(scores, i))
+        elif f.kind == "blocks":
+            score = entry.get("score") if scores is None else _score_at(scores, i)
+            out += _rect_and_text(rid, f, size, entry["bbox"], entry["type"], entry.get("content"), score)
+        else:  # pragma: no cover - FieldKind is a closed Literal
+            raise ValueError(f"field {name}: unknown kind {f.kind!r}")
+    return out
+
+
+def to_result(
+    spec: TaskSpec,
+    view: Mapping[str, Any] | None,
+    size: ImageSize,
+    scores: Mapping[str, float | Sequence[float] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """A task view (see :func:`task_view`) as a Label Studio result list."""
+    view = view or {}
+    scores = scores or {}
+    out: list[dict[str, Any]] = []
+    for name, f in spec.fields.items():
+        out += field_to_results(name, f, view.get(name), size, scores.get(name))
+    return out
+
+
+# --------------------------------------------------------------------------- result -> record
+
+
+def _texts(entries: Sequence[Mapping[str, Any]]) -> str:
+    return "\n".join(str(t) for e in entries for t in (e.get("value", {}).get("text") or []))
+
+
+def _labels(entry: Mapping[str, Any]) -> list[str]:
+    return list(entry.get("value", {}).get("rectanglelabels") or entry.get("value", {}).get("labels") or [])
+
+
+def _size_of(entry: Mapping[str, Any], size: ImageSize | None) -> ImageSize:
+    if size is not None:
+        return size
+    try:
+        return ImageSize(int(entry["original_width"]), int(entry["original_height"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"region {entry.get('id')!r}: no image size to convert percent to pixels") from None
+
+
+class _Index:
+    """Result entries by control name, keeping the annotator's order."""
+
+    def __init__(self, result: Sequence[Mapping[str, Any]]) -> None:
+        self.by_control: dict[str, list[Mapping[str, Any]]] = {}
+        for entry in result:
+            self.by_control.setdefault(entry.get("from_name", ""), []).append(entry)
+
+    def plain(self, control: str) -> list[Mapping[str, Any]]:
+        """Entries without geometry (whole-image TextArea/Choices)."""
+        return [e for e in self.by_control.get(control, []) if "x" not in e.get("value", {})]
+
+    def rects(self, control: str) -> list[Mapping[str, Any]]:
+        return [e for e in self.by_control.get(control, []) if e.get("type") in RECT_TYPES]
+
+    def region_text(self, control: str | None, rid: Any) -> str:
+        if not control:
+            return ""
+        return _texts([e for e in self.by_control.get(control, []) if e.get("id") == rid])
+
+
+def field_from_result(
+    name: str,
+    f: FieldSpec,
+    index: _Index,
+    size: ImageSize | None,
+    *,
+    integer: bool,
+    model_value: Any = None,
+) -> Any:
+    ls = f.ls
+    if f.kind == "text":
+        return _texts(index.plain(ls.from_name))
+    if f.kind == "choice":
+        for e in index.plain(ls.from_name):
+            chosen = e.get("value", {}).get("choices") or []
+            if chosen:
+                return chosen[0]
+        return None
+    rects = index.rects(ls.from_name)
+    if f.kind == "box":
+        want = ls.label or name
+        for e in rects:
+            if want in _labels(e):
+                return value_to_box(e["value"], _size_of(e, size), integer=integer)
+        return None
+    out: list[dict[str, Any]] = []
+    model_by_id = {f"{name}-{i}": m for i, m in enumerate(model_value or [])}
+    for e in rects:
+        box = value_to_box(e["value"], _size_of(e, size), integer=integer)
+        labels = _labels(e)
+        if f.kind == "regions":
+            out.append({"bbox": box, "text": index.region_text(ls.text_from_name, e.get("id"))})
+        elif f.kind == "objects":
+            out.append({"bbox_2d": box, "label": labels[0] if labels else (ls.label or "object")})
+        elif f.kind == "blocks":
+            origin = model_by_id.get(str(e.get("id")), {})
+            out.append(
+                {
+                    "type": labels[0] if labels else origin.get("type", "text"),
+                    "bbox": box,
+                    "content": index.region_text(ls.text_from_name, e.get("id")),
+                    "score": HUMAN_BLOCK_SCORE,
+                    "source": origin.get("source", DEFAULT_BLOCK_SOURCE),
+                }
+            )
+    return out
+
+
+def from_result(
+    spec: TaskSpec,
+    result: Sequence[Mapping[str, Any]],
+    size: ImageSize | None,
+    model_view: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Label Studio result as a task view, boxes back in pixels.
+
+    ``size`` None uses each region's ``original_width``/``original_height`` (for tasks whose
+    prediction failed before the image size was known). ``model_view`` lets a reviewed block keep
+    its model ``source``; every reviewed block gets score 1.0.
+    """
+    index = _Index(result)
+    integer = spec.media == "image"
+    model_view = model_view or {}
+    return {
+        name: field_from_result(name, f, index, size, integer=integer, model_value=model_view.get(name))
+        for name, f in spec.fields.items()
+    }
+
+
+# --------------------------------------------------------------------------- documents and views
+
+
+def blocks_fields(spec: TaskSpec) -> list[str]:
+    return [n for n, f in spec.fields.items() if f.kind == "blocks"]
+
+
+def task_view(spec: TaskSpec, record: Mapping[str, Any] | None, page: int = 0) -> dict[str, Any]:
+    """The part of a record one task shows: the record itself for images, one page for documents."""
+    if record is None:
+        return {}
+    if spec.media != "document":
+        return dict(record)
+    pages = record.get("pages") or []
+    page_rec = next((p for p in pages if p.get("page") == page), None)
+    view: dict[str, Any] = {}
+    for name in spec.fields:
+        if name in blocks_fields(spec):
+            view[name] = list(page_rec.get(name, page_rec.get("blocks", []))) if page_rec else []
+        else:
+            view[name] = record.get(name)
+    return view
+
+
+def page_size(spec: TaskSpec, record: Mapping[str, Any] | None, page: int) -> ImageSize | None:
+    """Pixel size of a document page's render, from the record (None when unknown)."""
+    if spec.media != "document" or not record:
+        return None
+    for p in record.get("pages") or []:
+        if p.get("page") == page:
+            return ImageSize(int(p["width_px"]), int(p["height_px"]))
+    return None
+
+
+def merge_page(
+    spec: TaskSpec,
+    record: Mapping[str, Any] | None,
+    page: int,
+    view: Mapping[str, Any],
+    *,
+    page_defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``record`` with the reviewed ``view`` of one task put back (a new dict).
+
+    Images: the view is the record. Documents: the page's blocks are replaced; the Markdown is
+    rebuilt from the blocks only when some page's blocks changed, so a model's richer Markdown
+    survives a review that changed nothing.
+    """
+    if spec.media != "document":
+        return copy.deepcopy(dict(view))
+    out = copy.deepcopy(dict(record or {"pages": [], "markdown": ""}))
+    pages = out.setdefault("pages", [])
+    target = next((p for p in pages if p.get("page") == page), None)
+    if target is None:
+        target = {"page": page, **(page_defaults or {}), "blocks": []}
+        pages.append(target)
+        pages.sort(key=lambda p: p.get("page", 0))
+    changed = False
+    for name in blocks_fields(spec):
+        new_blocks = list(view.get(name) or [])
+        if comparable(spec.fields[name], target.get("blocks")) != comparable(spec.fields[name], new_blocks):
+            changed = True
+        target["blocks"] = new_blocks
+    for name, value in view.items():
+        if name not in blocks_fields(spec):
+            out[name] = value
+    if changed or not out.get("markdown"):
+        out["markdown"] = blocks_markdown(pages)
+    return out
+
+
+def comparable(f: FieldSpec, value: Any) -> Any:
+    """The part of a value a reviewer can change: blocks without their score and source."""
+    if f.kind == "blocks" and isinstance(value, list):
+        return [
+            {k: v for k, v in b.items() if k not in BLOCK_META_KEYS} if isinstance(b, Mapping) else b for b in value
+        ]
+    return value
+
+
+def blocks_markdown(pages: Sequence[Mapping[str, Any]]) -> str:
+    """A plain Markdown rendering of reviewed pages (titles as headings, equations in $$)."""
+    parts: list[str] = []
+    for p in pages:
+        for b in p.get("blocks") or []:
+            content = str(b.get("content") or "").strip()
+            kind = b.get("type")
+            if not content or kind in ("discarded", "image"):
+                continue
+            if kind == "title":
+                parts.append(f"# {content}")
+            elif kind == "equation":
+                parts.append(f"$$\n{content}\n$$")
+            else:
+                parts.append(content)
+    return "\n\n".join(parts) + ("\n" if parts else "")
+
+
+def object_labels(spec: TaskSpec, view: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Labels used by the view's ``objects`` fields, per RectangleLabels control."""
+    out: dict[str, set[str]] = {}
+    for name, f in spec.fields.items():
+        if f.kind == "objects":
+            labels = {str(o.get("label") or f.ls.label or "object") for o in view.get(name) or []}
+            out.setdefault(f.ls.from_name, set()).update(labels)
+    return out

@@ -1,0 +1,132 @@
+"""How annotators' browsers get an item's image, per ``settings.label_studio.media_mode``.
+
+``local``      Label Studio serves files under its ``LOCAL_FILES_DOCUMENT_ROOT``: task data holds
+               ``/data/local-files/?d=<path under that root>``. Serving answers 404 unless a
+               local-files import storage of the project covers the file's folder, so one is
+               created per folder (a storage path must be strictly below the root).
+``s3``         task data holds ``s3://<bucket>/<key>``; an S3 import storage on the bucket lets Label
+               Studio resolve it to a presigned URL (303) for the browser. Nothing is synced.
+``presigned``  task data holds a presigned GET URL from the object store itself (expires!).
+
+The import storages are resolvers only: they are never synced (a sync would create one task per
+file, not deduplicated against our imports), and their ``regex_filter`` matches nothing so a
+click on "Sync" in the UI cannot flood the project either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from label_studio_sdk import LabelStudio
+
+from labelloop.config import Settings
+from labelloop.review.client import call
+from labelloop.storage import LocalStore, ObjectStore
+
+#: a regular expression that matches no object key
+MATCH_NOTHING = "(?!)"
+
+
+class MediaError(RuntimeError):
+    pass
+
+
+class MediaLinker:
+    """Turns object keys into task-data URLs and makes sure Label Studio can serve them."""
+
+    def __init__(self, settings: Settings, store: ObjectStore, ls: LabelStudio, project_id: int) -> None:
+        self.mode = settings.label_studio.media_mode
+        self.settings = settings
+        self.store = store
+        self.ls = ls
+        self.project_id = project_id
+        self._ready: set[str] = set()
+        if self.mode == "local":
+            if not isinstance(store, LocalStore):
+                raise MediaError("media_mode=local needs a local object store (storage.backend=local)")
+            self.store_root = Path(os.path.normpath(store.root))
+            self.files_root = Path(
+                os.path.normpath(settings.label_studio.local_files_root or self.store_root)
+            ).absolute()
+            if self.store_root != self.files_root and self.files_root not in self.store_root.parents:
+                raise MediaError(
+                    f"object store root {self.store_root} is not under Label Studio's "
+                    f"LOCAL_FILES_DOCUMENT_ROOT {self.files_root} (label_studio.local_files_root)"
+                )
+        elif self.mode in ("s3", "presigned") and store.scheme != "s3":
+            raise MediaError(f"media_mode={self.mode} needs the S3 object store (storage.backend=s3)")
+
+    # ------------------------------------------------------------------ URLs
+
+    def url(self, key: str) -> str:
+        if self.mode == "local":
+            rel = (self.store_root / key).relative_to(self.files_root).as_posix()
+            return "/data/local-files/?d=" + quote(rel, safe="/")
+        if self.mode == "s3":
+            return f"s3://{self.settings.storage.bucket}/{key}"
+        return self.store.presigned_url(key, self.settings.storage.presign_expiry_s)
+
+    # ------------------------------------------------------------------ storages
+
+    def prepare(self, keys: list[str]) -> None:
+        """Create the import storages the ``keys`` need (once per folder / bucket; idempotent)."""
+        if self.mode == "local":
+            for folder in {self._local_folder(k) for k in keys}:
+                if folder not in self._ready:
+                    self._ensure_local(folder)
+                    self._ready.add(folder)
+        elif self.mode == "s3" and "s3" not in self._ready:
+            self._ensure_s3()
+            self._ready.add("s3")
+
+    def _local_folder(self, key: str) -> str:
+        if self.store_root != self.files_root:
+            return str(self.store_root)
+        # the storage path may not be the document root itself: use the key's top folder
+        return str(self.store_root / key.split("/", 1)[0])
+
+    def _ensure_local(self, folder: str) -> None:
+        existing = call("list local storages", self.ls.import_storage.local.list, project=self.project_id)
+        if any(os.path.normpath(s.path or "") == folder for s in existing):
+            return
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        call(
+            f"create local storage {folder}",
+            self.ls.import_storage.local.create,
+            project=self.project_id,
+            path=folder,
+            title=f"labelloop media {Path(folder).name}",
+            description="Resolver for task images; do not sync (labelloop imports tasks itself).",
+            regex_filter=MATCH_NOTHING,
+            use_blob_urls=True,
+        )
+
+    def _ensure_s3(self) -> None:
+        st = self.settings.storage
+        bucket = st.bucket
+        existing = call("list S3 storages", self.ls.import_storage.s3.list, project=self.project_id)
+        if any(s.bucket == bucket for s in existing):
+            return
+        endpoint = self.settings.label_studio.s3_endpoint
+        if endpoint is None:
+            endpoint = f"{'https' if st.secure else 'http'}://{st.endpoint}"
+        kwargs = {"s3endpoint": endpoint} if endpoint else {}
+        call(
+            f"create S3 storage {bucket}",
+            self.ls.import_storage.s3.create,
+            project=self.project_id,
+            bucket=bucket,
+            title=f"labelloop media {bucket}",
+            description="Resolver for task images; do not sync (labelloop imports tasks itself).",
+            aws_access_key_id=st.access_key.get_secret_value(),
+            aws_secret_access_key=st.secret_key.get_secret_value(),
+            region_name=st.region or "us-east-1",
+            presign=True,
+            presign_ttl=max(1, st.presign_expiry_s // 60),
+            use_blob_urls=True,
+            regex_filter=MATCH_NOTHING,
+            recursive_scan=True,
+            **kwargs,
+        )

@@ -1,0 +1,461 @@
+"""Bring reviewed work back from Label Studio: annotations, the correction log, curated records.
+
+Incremental by the tasks' ``updated_at`` (Label Studio bumps it whenever an annotation on the task
+is created or updated). The watermark lives in ``sync_state`` and is written in the same
+transaction as the page of annotations it covers, so it can never run ahead of what was stored.
+Each run re-reads ``sync_overlap_s`` before the watermark (a task saved with an earlier timestamp
+can commit after a later one), and pages by keyset (``updated_at >= cursor``) rather than by page
+number, so tasks that change while we page cannot shift a page and be skipped. Re-read annotations
+are recognised by (Label Studio annotation id, its ``updated_at``) and skipped.
+
+Per task the newest annotation wins (history kept, older versions ``is_latest = False``):
+
+* cancelled ("skip" in the UI): the task is marked ``skipped``; the record is left alone;
+* otherwise its result is converted back to a record (original pixels), every field of the spec
+  goes to ``field_corrections`` (model value and confidence, human value, changed/distance by the
+  spec's comparison) and the record is upserted with provenance "human", or "audited" when the
+  task was an audit sample.
+
+Tasks deleted in Label Studio are found by comparing the project's task ids with ours.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.data_manager import Column, Filters, Operator, Type
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from labelloop.config import Settings
+from labelloop.db import Annotation, Database, FieldCorrection, Item, Prediction, Record, ReviewTask, SyncState
+from labelloop.db.types import utcnow
+from labelloop.review import convert
+from labelloop.review.client import LabelStudioError, call
+from labelloop.review.importer import media_key, task_size
+from labelloop.review.projects import find_project, project_title
+from labelloop.review.routing import (
+    ROUTE_AUDIT,
+    STATUS_COMPLETED,
+    STATUS_DELETED,
+    STATUS_IMPORTED,
+    STATUS_SKIPPED,
+)
+from labelloop.specs import TaskSpec
+from labelloop.specs.compare import compare_field
+from labelloop.validation.canonical import record_hash
+
+log = logging.getLogger(__name__)
+
+#: the task and annotation fields the sync reads. ``include`` filters nested annotations too, and
+#: without it every task also serialises its predictions and a dozen computed columns (4x slower)
+SYNC_FIELDS = "id,updated_at,data,annotations,result,was_cancelled,completed_by,lead_time"
+#: Data Manager datetime filter format (data_manager.managers.DATETIME_FORMAT)
+DM_DATETIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def sync_key(project_id: int) -> str:
+    return f"label_studio:project:{project_id}"
+
+
+def parse_ts(value: Any) -> dt.datetime:
+    """Label Studio timestamps come as ISO strings or (via the SDK models) datetimes; UTC-aware."""
+    text = None if isinstance(value, dt.datetime) else str(value).replace("Z", "+00:00")
+    ts = value if text is None else dt.datetime.fromisoformat(text)
+    return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
+
+
+def _dm_time(ts: dt.datetime) -> str:
+    return ts.astimezone(dt.UTC).replace(tzinfo=None).strftime(DM_DATETIME)
+
+
+def get_watermark(db: Database, key: str) -> dt.datetime | None:
+    with db.session() as s:
+        st = s.get(SyncState, key)
+        return st.watermark if st else None
+
+
+@dataclass
+class SyncStats:
+    spec: str
+    project_id: int | None
+    tasks_seen: int = 0
+    annotations_new: int = 0
+    annotations_known: int = 0
+    completed: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    corrections: int = 0
+    records: int = 0
+    foreign_tasks: int = 0
+    watermark: dt.datetime | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("watermark", "seconds")}
+        out["watermark"] = self.watermark.isoformat() if self.watermark else None
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+# --------------------------------------------------------------------------- Label Studio reads
+
+
+def _updated_since_query(cursor: dt.datetime | None, extra: Iterable[dict[str, Any]] = ()) -> str:
+    items = list(extra)
+    if cursor is not None:
+        items.append(
+            Filters.item(Column.updated_at, Operator.GREATER_OR_EQUAL, Type.Datetime, Filters.value(_dm_time(cursor)))
+        )
+    query: dict[str, Any] = {"ordering": ["tasks:updated_at"]}
+    if items:
+        query["filters"] = Filters.create(Filters.AND, items)
+    return json.dumps(query)
+
+
+def _task_page(ls: LabelStudio, project_id: int, cursor: dt.datetime | None, page: int, size: int) -> list[Any]:
+    try:
+        pager = call(
+            "list updated tasks",
+            ls.tasks.list,
+            project=project_id,
+            query=_updated_since_query(cursor),
+            fields="all",
+            include=SYNC_FIELDS,
+            page=page,
+            page_size=size,
+        )
+    except LabelStudioError as e:
+        if e.status_code == 404:  # "Invalid page": past the end
+            return []
+        raise
+    return list(pager.items or [])
+
+
+def live_task_ids(ls: LabelStudio, project_id: int) -> set[int]:
+    pager = call("list task ids", ls.tasks.list, project=project_id, fields="task_only", include="id", page_size=1000)
+    return {int(t.id) for t in pager}
+
+
+def count_completed_since(ls: LabelStudio, project_id: int, since: dt.datetime | None) -> int:
+    """Tasks with at least one (non-skipped) annotation, changed after ``since``."""
+    extra = [Filters.item(Column.total_annotations, Operator.GREATER, Type.Number, Filters.value(0))]
+    query = json.loads(_updated_since_query(None, extra))
+    if since is not None:
+        query["filters"]["items"].append(
+            Filters.item(Column.updated_at, Operator.GREATER, Type.Datetime, Filters.value(_dm_time(since)))
+        )
+    pager = call(
+        "count completed tasks",
+        ls.tasks.list,
+        project=project_id,
+        query=json.dumps(query),
+        fields="task_only",
+        include="id",
+        page_size=1,
+    )
+    return int(getattr(pager.response, "total", None) or 0)
+
+
+def count_new_completed(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpec) -> int:
+    """Completed tasks of the spec's project since the last sync watermark (for the sensor)."""
+    pid = find_project(ls, project_title(settings.label_studio.project_prefix, spec))
+    if pid is None:
+        return 0
+    return count_completed_since(ls, pid, get_watermark(db, sync_key(pid)))
+
+
+class _Users:
+    """Annotator emails by user id, fetched once and refreshed when an unknown id shows up."""
+
+    def __init__(self, ls: LabelStudio) -> None:
+        self.ls = ls
+        self.emails: dict[int, str] = {}
+
+    def email(self, user: Any) -> str | None:
+        if isinstance(user, dict):
+            return user.get("email") or self.email(user.get("id"))
+        if user is None:
+            return None
+        uid = int(user)
+        if uid not in self.emails:
+            self.emails.update({int(u.id): u.email or "" for u in call("list users", self.ls.users.list)})
+        return self.emails.get(uid) or None
+
+
+# --------------------------------------------------------------------------- applying one annotation
+
+
+@dataclass
+class _Page:
+    """What one page of tasks needs from the curation DB, loaded in a few queries."""
+
+    preds: dict[int, Prediction]
+    items: dict[int, Item]
+    records: dict[int, Record]
+    #: review tasks that had synced annotations before this page
+    with_history: set[int]
+
+
+def _apply_latest(s: Session, spec: TaskSpec, rt: ReviewTask, ann: Annotation, ctx: _Page, stats: SyncStats) -> None:
+    """Make ``ann`` the task's outcome: status, correction log and record."""
+    if ann.was_cancelled:
+        rt.status = STATUS_SKIPPED
+        stats.skipped += 1
+        return
+    pred, item = ctx.preds[rt.prediction_id], ctx.items[rt.item_id]
+    size = task_size(spec, item, pred, rt.page)
+    model_view = convert.task_view(spec, pred.record, rt.page) if pred.status == "ok" else {}
+    human_view = convert.from_result(spec, ann.result or [], size, model_view)
+    ann.record = human_view
+    if rt.id in ctx.with_history:
+        s.execute(
+            update(FieldCorrection)
+            .where(FieldCorrection.review_task_id == rt.id, FieldCorrection.is_latest)
+            .values(is_latest=False)
+        )
+    confidences = pred.field_confidence or {}
+    for name, f in spec.fields.items():
+        mv, hv = model_view.get(name), human_view.get(name)
+        changed, distance = compare_field(f, convert.comparable(f, mv), convert.comparable(f, hv))
+        s.add(
+            FieldCorrection(
+                annotation_id=ann.id,
+                review_task_id=rt.id,
+                item_id=rt.item_id,
+                spec=spec.name,
+                field=name,
+                model=pred.model,
+                model_version=pred.model_version,
+                prompt_hash=pred.prompt_hash,
+                route=rt.route,
+                model_value=mv,
+                model_confidence=confidences.get(name) if pred.status == "ok" else 0.0,
+                human_value=hv,
+                changed=bool(changed),
+                distance=float(distance),
+                is_latest=True,
+            )
+        )
+        stats.corrections += 1
+    _upsert_human_record(s, spec, rt, ann, pred, item, human_view, size, ctx)
+    rt.status = STATUS_COMPLETED
+    stats.completed += 1
+    stats.records += 1
+
+
+def _upsert_human_record(
+    s: Session,
+    spec: TaskSpec,
+    rt: ReviewTask,
+    ann: Annotation,
+    pred: Prediction,
+    item: Item,
+    view: dict[str, Any],
+    size: convert.ImageSize | None,
+    ctx: _Page,
+) -> None:
+    rec = ctx.records.get(rt.item_id)
+    # documents are reviewed page by page: merge into what reviewers already curated
+    curated = rec is not None and rec.provenance != "auto" and rec.prediction_id == pred.id
+    base = rec.record if curated and rec is not None else pred.record
+    defaults: dict[str, Any] = {"image_key": media_key(spec, item, pred, rt.page)}
+    if size is not None:
+        defaults.update(width_px=size.width, height_px=size.height)
+    record = convert.merge_page(spec, base, rt.page, view, page_defaults=defaults)
+    values = {
+        "provenance": "audited" if rt.route == ROUTE_AUDIT else "human",
+        "prediction_id": pred.id,
+        "annotation_id": ann.id,
+        "model": pred.model,
+        "model_version": pred.model_version,
+        "annotator": ann.annotator,
+        "confidence": pred.confidence,
+        "record": record,
+        "content_hash": record_hash(record),
+    }
+    if rec is None:
+        rec = Record(item_id=rt.item_id, spec=spec.name, **values)
+        s.add(rec)
+        ctx.records[rt.item_id] = rec  # a second page of the same document merges into it
+    else:
+        for k, v in values.items():
+            setattr(rec, k, v)
+        rec.updated_at = utcnow()
+
+
+# --------------------------------------------------------------------------- one page of tasks
+
+
+def _new_annotations(
+    s: Session, tasks: list[Any], rts: dict[str, ReviewTask], users: _Users, stats: SyncStats
+) -> dict[int, list[Annotation]]:
+    """Annotation rows for the versions not synced before, by review task id (added, unflushed)."""
+    ann_ids = [int(a["id"]) for t in tasks for a in (t.annotations or [])]
+    known = {
+        (a_id, ts)
+        for a_id, ts in s.execute(
+            select(Annotation.ls_annotation_id, Annotation.ls_updated_at).where(
+                Annotation.ls_annotation_id.in_(ann_ids)
+            )
+        )
+    }
+    new: dict[int, list[Annotation]] = {}
+    for t in tasks:
+        stats.tasks_seen += 1
+        rt = rts.get(str((t.data or {}).get("external_id")))
+        if rt is None:
+            stats.foreign_tasks += 1
+            continue
+        for a in t.annotations or []:
+            key = (int(a["id"]), parse_ts(a["updated_at"]))
+            if key in known:
+                stats.annotations_known += 1
+                continue
+            known.add(key)
+            row = Annotation(
+                review_task_id=rt.id,
+                ls_annotation_id=key[0],
+                ls_task_id=int(t.id),
+                ls_updated_at=key[1],
+                is_latest=False,
+                was_cancelled=bool(a.get("was_cancelled")),
+                annotator=users.email(a.get("completed_by")),
+                lead_time_s=a.get("lead_time"),
+                result=a.get("result") or [],
+            )
+            s.add(row)
+            new.setdefault(rt.id, []).append(row)
+            stats.annotations_new += 1
+    return new
+
+
+def _load_page(s: Session, spec: TaskSpec, rts: list[ReviewTask], new: dict[int, list[Annotation]]) -> _Page:
+    new_ids = [a.id for rows in new.values() for a in rows]
+    with_history = set(
+        s.scalars(
+            select(Annotation.review_task_id)
+            .where(Annotation.review_task_id.in_(list(new)), Annotation.id.not_in(new_ids))
+            .distinct()
+        )
+    )
+    pred_ids = {rt.prediction_id for rt in rts}
+    item_ids = {rt.item_id for rt in rts}
+    return _Page(
+        preds={p.id: p for p in s.scalars(select(Prediction).where(Prediction.id.in_(pred_ids)))},
+        items={i.id: i for i in s.scalars(select(Item).where(Item.id.in_(item_ids)))},
+        records={
+            r.item_id: r
+            for r in s.scalars(select(Record).where(Record.spec == spec.name, Record.item_id.in_(item_ids)))
+        },
+        with_history=with_history,
+    )
+
+
+def _sync_page(s: Session, spec: TaskSpec, tasks: list[Any], users: _Users, stats: SyncStats) -> None:
+    ext_ids = [str((t.data or {}).get("external_id")) for t in tasks]
+    rts = {rt.external_id: rt for rt in s.scalars(select(ReviewTask).where(ReviewTask.external_id.in_(ext_ids)))}
+    new = _new_annotations(s, tasks, rts, users, stats)
+    if not new:
+        return
+    s.flush()  # annotation ids, for the correction log
+    changed = [rt for rt in rts.values() if rt.id in new]
+    ctx = _load_page(s, spec, changed, new)
+    for rt in changed:
+        if rt.id in ctx.with_history:
+            history = list(s.scalars(select(Annotation).where(Annotation.review_task_id == rt.id)))
+        else:
+            history = new[rt.id]
+        history.sort(key=lambda a: (a.ls_updated_at, a.ls_annotation_id), reverse=True)
+        latest = history[0]
+        for row in history:
+            row.is_latest = row is latest
+        if any(latest is row for row in new[rt.id]):
+            _apply_latest(s, spec, rt, latest, ctx, stats)
+
+
+def _advance(s: Session, key: str, project_id: int, watermark: dt.datetime | None) -> None:
+    st = s.get(SyncState, key)
+    if st is None:
+        st = SyncState(key=key, watermark=None, detail={})
+        s.add(st)
+    if watermark is not None and (st.watermark is None or watermark > st.watermark):
+        st.watermark = watermark
+    st.detail = {"project_id": project_id, "last_run": utcnow().isoformat()}
+    st.updated_at = utcnow()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def mark_deleted(db: Database, ls: LabelStudio, project_id: int) -> int:
+    """Review tasks whose Label Studio task no longer exists become ``deleted``."""
+    live = live_task_ids(ls, project_id)
+    with db.session() as s:
+        rows = s.scalars(
+            select(ReviewTask).where(
+                ReviewTask.ls_project_id == project_id,
+                ReviewTask.status.in_((STATUS_IMPORTED, STATUS_COMPLETED, STATUS_SKIPPED)),
+            )
+        )
+        gone = [rt for rt in rows if rt.ls_task_id not in live]
+        for rt in gone:
+            rt.status = STATUS_DELETED
+        s.commit()
+    return len(gone)
+
+
+def sync_project(
+    db: Database,
+    ls: LabelStudio,
+    settings: Settings,
+    spec: TaskSpec,
+    *,
+    project_id: int | None = None,
+    detect_deleted: bool = True,
+) -> SyncStats:
+    """Sync one spec's project (found by title unless ``project_id`` is given)."""
+    t0 = time.perf_counter()
+    lss = settings.label_studio
+    pid = project_id or find_project(ls, project_title(lss.project_prefix, spec))
+    stats = SyncStats(spec=spec.name, project_id=pid)
+    if pid is None:
+        return stats
+    key = sync_key(pid)
+    watermark = get_watermark(db, key)
+    cursor = watermark - dt.timedelta(seconds=lss.sync_overlap_s) if watermark else None
+    users = _Users(ls)
+    seen: set[tuple[int, dt.datetime]] = set()
+    page = 1
+    while True:
+        tasks = _task_page(ls, pid, cursor, page, lss.sync_page_size)
+        stamps = [(int(t.id), parse_ts(t.updated_at)) for t in tasks]
+        fresh = [t for t, st in zip(tasks, stamps, strict=True) if st not in seen]
+        newest = max((ts for _, ts in stamps), default=None)
+        if newest is not None and (watermark is None or newest > watermark):
+            watermark = newest
+        with db.session() as s:
+            _sync_page(s, spec, fresh, users, stats)
+            _advance(s, key, pid, watermark)
+            s.commit()  # the watermark moves only together with what it covers
+        seen.update(stamps)
+        if len(tasks) < lss.sync_page_size:
+            break
+        last = stamps[-1][1]
+        if cursor is None or last > cursor:
+            cursor, page = last, 1
+        else:  # a full page of identical timestamps: step through them by page number
+            page += 1
+    if detect_deleted:
+        stats.deleted = mark_deleted(db, ls, pid)
+    stats.watermark = watermark
+    stats.seconds = time.perf_counter() - t0
+    log.info("sync %s: %s", spec.name, stats.as_dict())
+    return stats
