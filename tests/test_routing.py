@@ -268,12 +268,13 @@ def test_routing_is_scoped_to_the_given_predictions(sqlite_db: Database, spec: T
     assert all(t.route == ROUTE_AUTO for t in _tasks(db))
 
 
-def test_a_concurrent_router_wins_and_nothing_is_routed_twice(
-    sqlite_db: Database, spec: TaskSpec, review_data: Any
-) -> None:
+def test_a_concurrent_router_wins_and_nothing_is_routed_twice(pg_url: str, spec: TaskSpec, review_data: Any) -> None:
+    """On PostgreSQL: SQLite serialises writers, so there a transaction whose snapshot went stale
+    cannot write at all ("database is locked") and this race cannot happen."""
+    from labelloop.config import DatabaseSettings
     from labelloop.review.routing import RoutingStats, _route_batch, _unrouted
 
-    db = sqlite_db
+    db = Database(DatabaseSettings(url=pg_url))
     preds = _predict(db, spec, _items(db, 4), CONFIDENT, review_data)
     routing = RoutingSettings(audit_rate=0.0)
     with db.session() as s:

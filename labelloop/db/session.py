@@ -22,6 +22,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+    # pysqlite opens transactions lazily and not before SAVEPOINT, so each begin_nested() became
+    # its own commit (an fsync per row, not rolled back with the outer transaction). Take over
+    # transaction control, as SQLAlchemy's SQLite docs recommend, and BEGIN explicitly.
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
 
 
 def make_engine(settings: DatabaseSettings) -> Engine:
@@ -32,6 +40,7 @@ def make_engine(settings: DatabaseSettings) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
         # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.

@@ -10,6 +10,7 @@ predicts only what is missing and never duplicates.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -178,40 +179,65 @@ async def run_prelabel(
     pending: list[tuple[Item, PredictionResult]] = []
     inflight: dict[asyncio.Task[PredictionResult], Item] = {}
     items = iter_pending_items(db, spec, backend, item_ids=item_ids, limit=limit)
+    page: list[Item] = []
     exhausted = False
+    # Finished requests arrive through done-callbacks (cheaper than asyncio.wait over every task),
+    # and results are written by one background write at a time, so refilling the model server's
+    # slots never waits on the database.
+    done_q: asyncio.Queue[asyncio.Task[PredictionResult]] = asyncio.Queue()
+    writing: asyncio.Task[int] | None = None
 
-    async def flush() -> None:
-        if pending:
+    def next_page() -> list[Item]:
+        return list(itertools.islice(items, max(concurrency, 64)))
+
+    async def flush(final: bool = False) -> None:
+        nonlocal writing
+        if writing is not None and (final or writing.done()):
+            stats.already_done += await writing
+            writing = None
+        if pending and writing is None:
             batch = pending[:]
             pending.clear()
-            stats.already_done += await asyncio.to_thread(_store_results, db, spec, backend, batch)
+            writing = asyncio.create_task(asyncio.to_thread(_store_results, db, spec, backend, batch))
+            if final:
+                stats.already_done += await writing
+                writing = None
 
-    while True:
-        while not exhausted and len(inflight) < concurrency:
-            item = await asyncio.to_thread(next, items, None)
-            if item is None:
-                exhausted = True
+    try:
+        while True:
+            while not exhausted and len(inflight) < concurrency:
+                if not page:
+                    page = (await asyncio.to_thread(next_page))[::-1]
+                    if not page:
+                        exhausted = True
+                        break
+                item = page.pop()
+                stats.considered += 1
+                task = asyncio.create_task(_predict_one(store, backend, spec, item))
+                task.add_done_callback(done_q.put_nowait)
+                inflight[task] = item
+            if not inflight:
                 break
-            stats.considered += 1
-            inflight[asyncio.create_task(_predict_one(store, backend, spec, item))] = item
-        if not inflight:
-            break
-        done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            item = inflight.pop(task)
-            res = task.result()
-            if res.status == "ok":
-                stats.ok += 1
-            else:
-                stats.failed += 1
-                stats.failures.append((item.id, res.error or "failed"))
-                log.warning("item %s (%s) failed: %s", item.id, item.sha256[:12], res.error)
-            pending.append((item, res))
-            if progress:
-                progress(item.id, res)
-        if len(pending) >= flush_every:
-            await flush()
-    await flush()
+            done = [await done_q.get()]
+            while not done_q.empty():
+                done.append(done_q.get_nowait())
+            for task in done:
+                item = inflight.pop(task)
+                res = task.result()
+                if res.status == "ok":
+                    stats.ok += 1
+                else:
+                    stats.failed += 1
+                    stats.failures.append((item.id, res.error or "failed"))
+                    log.warning("item %s (%s) failed: %s", item.id, item.sha256[:12], res.error)
+                pending.append((item, res))
+                if progress:
+                    progress(item.id, res)
+            if len(pending) >= flush_every:
+                await flush()
+    finally:
+        await flush(final=True)  # the write still running, if any
+        await flush(final=True)  # the rest: whatever finished is stored even if we are failing
     stats.seconds = time.perf_counter() - t0
     return stats
 
