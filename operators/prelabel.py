@@ -1,11 +1,12 @@
-"""PrelabelOperator: pre-label one batch of images with one task spec and one backend.
+"""PrelabelOperator: pre-label one batch of items with one task spec and one backend.
 
 Thin on purpose: the work lives in ``labelloop.prelabel.runner`` so the CLI, tests and Airflow run
 the same code. The operator builds Settings (environment, then Airflow Connections: curation DB,
-object store, and the ``vllm`` connection for the model server), the database and the store,
-runs the batch, and returns the runner's stats for XCom. Bad images or bad model answers become
-failed predictions and never fail the task; infrastructure errors (database, store, unknown
-spec, unsupported spec for the backend) do.
+object store, vLLM, MinerU), the database and the store, runs the batch, and returns the runner's
+stats for XCom. ``backend="cpu"`` means the offline backend for the spec's media (RapidOCR for
+images, the pymupdf layout backend for documents). Bad items or bad model answers become failed
+predictions and never fail the task; infrastructure errors (database, store, unknown spec, a
+backend that does not suit the spec) do.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-
-IMAGE_BACKENDS = ("vllm", "rapidocr")
 
 
 class PrelabelOperator(BaseOperator):
@@ -31,6 +30,7 @@ class PrelabelOperator(BaseOperator):
         limit: int | None = None,
         concurrency: int | None = None,
         vllm_conn_id: str = "vllm",
+        mineru_conn_id: str = "mineru",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -40,42 +40,51 @@ class PrelabelOperator(BaseOperator):
         self.limit = limit
         self.concurrency = concurrency
         self.vllm_conn_id = vllm_conn_id
+        self.mineru_conn_id = mineru_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from labelloop.db import Database
         from labelloop.prelabel.factory import make_backend
+        from labelloop.prelabel.plan import resolve_backend_name
         from labelloop.specs import SpecRegistry
         from labelloop.storage import open_store
+        from operators.hooks.mineru import MinerUHook
         from operators.hooks.vllm import VLLMHook
         from operators.settings import airflow_settings
 
-        if self.backend not in IMAGE_BACKENDS:
-            raise ValueError(f"backend {self.backend!r} is not an image backend ({', '.join(IMAGE_BACKENDS)})")
-        settings = airflow_settings()
-        if self.backend == "vllm":
-            settings = VLLMHook(self.vllm_conn_id).apply(settings)
         spec = SpecRegistry().get(self.spec)
+        name = resolve_backend_name(spec, self.backend)
+        settings = airflow_settings()
+        if name == "vllm":
+            settings = VLLMHook(self.vllm_conn_id).apply(settings)
+        elif name == "mineru":
+            settings = MinerUHook(self.mineru_conn_id).apply(settings)
         db = Database(settings.db)
         store = open_store(settings.storage)
-        backend = make_backend(self.backend, settings, store)
-        # the model server takes `concurrency` requests at once; OCR is CPU-bound on this worker
-        concurrency = self.concurrency or (settings.vllm.concurrency if self.backend == "vllm" else 2)
+        backend = make_backend(name, settings, store)
+        # vLLM takes `concurrency` requests at once; MinerU runs a few documents in parallel; the
+        # CPU backends are bound by this worker's cores
+        concurrency = self.concurrency or {"vllm": settings.vllm.concurrency, "mineru": 4}.get(name, 2)
+        item_ids = [int(i) for i in self.item_ids] if self.item_ids is not None else None
+        limit = int(self.limit) if self.limit not in (None, "", "None") else None
         try:
-            stats = asyncio.run(self._run(db, store, spec, backend, concurrency))
+            stats = asyncio.run(self._run(db, store, spec, backend, concurrency, item_ids, limit))
         finally:
             db.dispose()
         self.log.info(
             "pre-labeled %s items (%s, %s): %s ok, %s failed, %s already done",
             stats.considered,
             self.spec,
-            self.backend,
+            name,
             stats.ok,
             stats.failed,
             stats.already_done,
         )
         return stats.as_dict()
 
-    async def _run(self, db: Any, store: Any, spec: Any, backend: Any, concurrency: int) -> Any:
+    async def _run(
+        self, db: Any, store: Any, spec: Any, backend: Any, concurrency: int, item_ids: Any, limit: Any
+    ) -> Any:
         """run_prelabel and the backend's close in one event loop.
 
         The backend's HTTP connections belong to the loop that opened them, so they are closed in
@@ -84,8 +93,6 @@ class PrelabelOperator(BaseOperator):
         from labelloop.prelabel.runner import run_prelabel
 
         try:
-            return await run_prelabel(
-                db, store, spec, backend, item_ids=self.item_ids, limit=self.limit, concurrency=concurrency
-            )
+            return await run_prelabel(db, store, spec, backend, item_ids=item_ids, limit=limit, concurrency=concurrency)
         finally:
             await backend.aclose()

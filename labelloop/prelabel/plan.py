@@ -24,9 +24,11 @@ def resolve_backend_name(spec: TaskSpec, backend: str) -> str:
     name = CPU_DEFAULTS[spec.media] if backend == "cpu" else backend
     allowed = IMAGE_BACKENDS if spec.media == "image" else DOCUMENT_BACKENDS
     if name not in allowed:
+        article = "an" if spec.media == "image" else "a"
         raise ValueError(
-            f"backend {backend!r} cannot pre-label {spec.media}s (spec {spec.name}); use one of: cpu, "
+            f"backend {backend!r} is not {article} {spec.media} backend (spec {spec.name} needs one of: cpu, "
             + ", ".join(allowed)
+            + ")"
         )
     return name
 
