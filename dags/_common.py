@@ -44,3 +44,7 @@ def spec_names() -> list[str]:
     from labelloop.specs import SpecRegistry
 
     return SpecRegistry().names()
+
+
+#: pre-label backends a DAG param may name ("cpu" = the offline backend for the spec's media)
+BACKENDS = ["cpu", "vllm", "rapidocr", "pymupdf", "mineru"]

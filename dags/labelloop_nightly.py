@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from _common import DEFAULT_ARGS, START_DATE
+from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
 
@@ -40,7 +40,10 @@ with DAG(
             items={
                 "type": "object",
                 "required": ["spec"],
-                "properties": {"spec": {"type": "string"}, "backend": {"type": "string"}},
+                "properties": {
+                    "spec": {"type": "string", "enum": spec_names()},
+                    "backend": {"type": "string", "enum": BACKENDS},
+                },
             },
             minItems=1,
             description="What to pre-label: a list of {spec, backend}",
@@ -59,7 +62,7 @@ with DAG(
     specs = JobSpecsOperator(task_id="specs", jobs="{{ params.jobs }}", retries=0).output
     sync = SyncOperator.partial(task_id="sync", trigger_rule="none_failed").expand_kwargs(specs)
     calibrate = CalibrateOperator(task_id="calibrate", retries=0)
-    route = RouteAndImportOperator.partial(task_id="route_and_import").expand_kwargs(specs)
+    route = RouteAndImportOperator.partial(task_id="route_and_import", max_active_tis_per_dag=1).expand_kwargs(specs)
     export = TriggerDagRunOperator.partial(
         task_id="trigger_export", trigger_dag_id="labelloop_export", wait_for_completion=False
     ).expand(conf=specs)

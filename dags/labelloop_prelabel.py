@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from _common import DEFAULT_ARGS, START_DATE, spec_names
+from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
 from airflow.sdk import DAG, Param
 
 from operators.pipeline import CheckJobsOperator, IngestOperator, PlanPrelabelOperator
 from operators.prelabel import PrelabelOperator
 from operators.review import RouteAndImportOperator
-
-BACKENDS = ["cpu", "vllm", "rapidocr", "pymupdf", "mineru"]
 
 with DAG(
     dag_id="labelloop_prelabel",
@@ -57,6 +55,7 @@ with DAG(
         task_id="route_and_import",
         spec="{{ params.spec }}",
         trigger_rule="none_failed",  # nothing to pre-label (no batches) still routes what is pending
+        max_active_tis_per_dag=1,  # Label Studio has no upsert: one import at a time
         execution_timeout=dt.timedelta(hours=2),
     )
     check >> ingest >> plan >> prelabel >> route
