@@ -1,7 +1,7 @@
 """Fixtures for the vLLM test server and helpers to make image items for pre-labeling tests.
 
 Use with ``pytest_plugins = ["fixtures_vllm"]`` in a test module. The server runs in a thread of
-the test process (uvicorn, its own event loop), one per session and coordinate mode; each test
+the test process (its own event loop), one per session and coordinate mode; each test
 gets it reset (faults, counters). Tests steer it over HTTP exactly as the benchmark steers the
 subprocess: ``POST /control/truth``, ``/control/faults``, ``GET /control/stats``.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image, ImageDraw, ImageFont
-from vllm_server import ServerConfig, create_app, uvicorn_config
+from vllm_server import ModelServer, ServerConfig
 
 from labelloop.config import Settings, VLLMSettings
 from labelloop.db import Database, Item
@@ -74,28 +72,15 @@ class VLLMTestServer:
 
 
 def start_server(config: ServerConfig) -> tuple[VLLMTestServer, callable]:  # type: ignore[valid-type]
-    """Run the app with uvicorn in a daemon thread; returns the handle and a stop function."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(create_app(config), "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, name=f"vllm-test-server-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the vLLM test server did not start")
-        time.sleep(0.02)
+    """Serve in a daemon thread on a free port; returns the handle and a stop function."""
+    server = ModelServer(config, "127.0.0.1", 0)
+    thread = server.start_thread()
 
     def stop() -> None:
-        server.should_exit = True
+        server.stop()
         thread.join(10)
 
-    return VLLMTestServer(url=f"http://127.0.0.1:{port}", config=config), stop
+    return VLLMTestServer(url=server.url, config=config), stop
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,26 @@ def test_idempotent_storage_and_prompt_versions_on_both_databases(
     assert third.considered == 2, "a new model version is a new prediction too (limit honoured)"
 
 
+def test_a_batch_write_that_meets_a_concurrent_run_keeps_the_rest(
+    db: Database, settings: Settings, vllm_server: VLLMTestServer, tmp_path: Path
+) -> None:
+    """Results go in with one multi-row INSERT; when another run stored some of them meanwhile,
+    the batch is redone row by row and only those are skipped (SQLite and PostgreSQL)."""
+    from labelloop.prelabel.base import PredictionResult
+    from labelloop.prelabel.runner import _store_results
+
+    settings = vllm_server.settings(settings)
+    store = LocalStore(settings.storage.root)
+    items = list(ingest_images(db, store, settings, tmp_path / "in", _images(4, seed=30)).values())
+    backend = VLLMBackend(settings, store)
+    ok = PredictionResult(status="ok", record={"caption": "x"}, field_confidence={"caption": 0.9}, latency_ms=1.0)
+    assert _store_results(db, CAPTION, backend, [(items[1], ok)]) == 0  # the "other run"
+    assert _store_results(db, CAPTION, backend, [(it, ok) for it in items]) == 1
+    rows = predictions(db, spec="caption")
+    assert sorted(r.item_id for r in rows) == sorted(it.id for it in items)
+    assert all(r.record == {"caption": "x"} and r.confidence == 0.9 and r.created_at for r in rows)
+
+
 def test_concurrency_fills_the_server_and_never_exceeds_the_bound(
     vllm_server: VLLMTestServer, sqlite_settings: Settings, sqlite_db: Database, tmp_path: Path
 ) -> None:
@@ -79,6 +99,21 @@ def test_concurrency_fills_the_server_and_never_exceeds_the_bound(
     settings = vllm_server.settings(sqlite_settings, concurrency=3)
     stats = run_batch(sqlite_db, store, CAPTION, VLLMBackend(settings, store), concurrency=3)
     assert stats.ok == 16 and vllm_server.stats()["max_inflight"] == 3
+
+
+def test_a_lost_object_is_a_failed_prediction_and_the_rest_is_stored(
+    vllm_server: VLLMTestServer, sqlite_settings: Settings, sqlite_db: Database, tmp_path: Path
+) -> None:
+    settings = vllm_server.settings(sqlite_settings)
+    store = LocalStore(settings.storage.root)
+    items = ingest_images(sqlite_db, store, settings, tmp_path / "in", _images(7, seed=70))
+    lost = items["img002.jpg"]
+    store.delete(lost.storage_key)
+    stats = run_batch(sqlite_db, store, CAPTION, VLLMBackend(settings, store), concurrency=2)
+    assert (stats.ok, stats.failed, stats.considered) == (6, 1, 7)
+    (failed,) = [p for p in predictions(sqlite_db) if p.status == "failed"]
+    assert failed.item_id == lost.id and failed.error.startswith(f"could not read {lost.storage_key}")
+    assert vllm_server.stats()["requests"] == 6
 
 
 def test_item_ids_select_the_batch(

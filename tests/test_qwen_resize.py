@@ -20,6 +20,7 @@ from labelloop.prelabel.qwen_resize import (
     original_to_relative,
     original_to_resized,
     prepare_image,
+    ready_as_is,
     relative_to_original,
     resized_to_original,
     smart_resize,
@@ -159,8 +160,10 @@ def test_prepare_image_sends_fixed_points_untouched_and_flattens_alpha() -> None
     data = make_image(28 * 20, 28 * 15)
     prepared = prepare_image(data)
     assert prepared.data == data and prepared.plan.is_identity
+    assert ready_as_is(data) == prepared, "the header-only check agrees with prepare_image"
     rotated = make_image(28 * 20, 28 * 15, exif_orientation=3)  # upright size unchanged but rotated
     assert prepare_image(rotated).data != rotated
+    assert ready_as_is(rotated) is None and ready_as_is(make_image(28 * 20 + 5, 28 * 15)) is None
     rgba = Image.new("RGBA", (56, 56), (255, 0, 0, 0))
     buf = io.BytesIO()
     rgba.save(buf, format="PNG")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import socket
 import time
 from pathlib import Path
@@ -25,13 +26,16 @@ from PIL import Image
 from labelloop.config import Settings
 from labelloop.db import Database
 from labelloop.prelabel.vllm import VLLMBackend
-from labelloop.prelabel.vllm.client import ChatClient, ChatError
+from labelloop.prelabel.vllm.backend import schema_errors
+from labelloop.prelabel.vllm.client import ChatClient, ChatError, DataURL, encode_body
 from labelloop.prelabel.vllm.confidence import (
     TokenLogprob,
     align_tokens,
     field_confidences,
     parse_logprobs,
 )
+from labelloop.prelabel.vllm.fastschema import compile_check
+from labelloop.prelabel.vllm.jsonspans import JSONSpanError, Node, parse_spans
 from labelloop.specs import SpecRegistry
 from labelloop.storage import LocalStore
 
@@ -156,6 +160,105 @@ def test_parse_logprobs_clamps_impossible_tokens() -> None:
     assert out[0].logprob == -9999.0 and out[1].logprob == -1e4 and out[1].bytes is None
 
 
+def test_span_parser_gives_every_value_its_exact_characters() -> None:
+    """The regex-driven span parser: each node's slice of the text parses to the node's value."""
+    rng = random.Random(5)
+
+    def value(depth: int = 0) -> Any:
+        r = rng.random()
+        if depth > 3 or r < 0.4:
+            return rng.choice([None, True, False, 0, -12, 3.5e-3, 1e20, "abc", 'q"uo\\te', "粤B12345", "", "\n"])
+        if r < 0.7:
+            return {
+                rng.choice(["a", 'b"k', "c\\d", "粤", ""]) + str(i): value(depth + 1) for i in range(rng.randint(0, 4))
+            }
+        return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+
+    def check(node: Node, expected: Any, text: str) -> None:
+        assert json.loads(text[node.start : node.end]) == expected
+        for key, child in node.members.items():
+            check(child, expected[key], text)
+        for child, exp in zip(node.items, expected if node.kind == "array" else [], strict=True):
+            check(child, exp, text)
+
+    for _ in range(500):
+        v = value()
+        text = json.dumps(v, ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, 2]))
+        check(parse_spans(f" {text}\n"), v, f" {text}\n")
+    for bad in ('{"a": }', "[1,", '"abc', '{"a" 1}', "[1] x", "{", "tru"):
+        with pytest.raises(JSONSpanError):
+            parse_spans(bad)
+
+
+def test_fast_schema_check_never_passes_what_jsonschema_rejects() -> None:
+    """The compiled check is only trusted to say "valid": fuzz every spec's schema against
+    jsonschema (mutated default records: wrong types, missing and extra keys, bounds)."""
+    from jsonschema.validators import validator_for
+    from vllm_server import default_record
+
+    rng = random.Random(11)
+    atoms = [
+        None,
+        True,
+        False,
+        0,
+        1,
+        -1,
+        1.0,
+        1.5,
+        2**70,
+        "",
+        "a",
+        "blue",
+        "x" * 2000,
+        [],
+        {},
+        [1, 2, 3, 4],
+        [True, 1, 2, 3],
+    ]
+    atoms += [[1.0, 2, 3, 4], [1, 2, 3], {"a": 1}, "pages/ab12/3.png", float("nan"), 0.0]
+
+    def mutate(v: Any, depth: int = 0) -> Any:
+        if rng.random() < 0.15 or depth > 5:
+            return rng.choice(atoms)
+        if isinstance(v, dict):
+            v = dict(v)
+            op = rng.random()
+            if op < 0.3 and v:
+                v.pop(rng.choice(list(v)))
+            elif op < 0.5:
+                v[rng.choice(["extra", "bbox", "text", "label"])] = rng.choice(atoms)
+            elif v:
+                k = rng.choice(list(v))
+                v[k] = mutate(v[k], depth + 1)
+            return v
+        if isinstance(v, list):
+            v = list(v)
+            if rng.random() < 0.3 and v:
+                v.pop()
+            elif v:
+                i = rng.randrange(len(v))
+                v[i] = mutate(v[i], depth + 1)
+            else:
+                v.append(rng.choice(atoms))
+            return v
+        return rng.choice(atoms)
+
+    for name in ("vehicle_extraction", "caption", "grounding", "ocr_lines", "document_layout"):
+        schema = SPECS.get(name).json_schema
+        fast = compile_check(schema)
+        assert fast is not None, f"{name}: the specs' schemas stay inside the fast subset"
+        reference = validator_for(schema)(schema)
+        base = default_record(schema, 500, 400)
+        assert fast(base) == (not list(reference.iter_errors(base)))
+        for _ in range(2000):
+            inst = mutate(base)
+            if fast(inst):
+                assert not list(reference.iter_errors(inst)), (name, inst)
+    assert compile_check({"type": "object", "$ref": "#/x"}) is None, "outside the subset: jsonschema decides alone"
+    assert schema_errors({"caption": ""}, SPECS.get("caption").json_schema), "a fast no still gets the messages"
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -173,6 +276,36 @@ def _chat(client: ChatClient, server: VLLMTestServer, **kw: Any) -> Any:
 
 def _client(server: VLLMTestServer, **kw: Any) -> ChatClient:
     return ChatClient(server.base_url, **{"max_retries": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.02, **kw})
+
+
+def test_request_body_splices_data_urls_as_they_are() -> None:
+    url = DataURL("image/png", b"iVBORw0KGgo+/=")
+    body = {"messages": [{"content": [{"type": "image_url", "image_url": {"url": url}}, {"text": '粤 "q"'}]}]}
+    raw = encode_body(body)
+    assert b'"url":"data:image/png;base64,iVBORw0KGgo+/="' in raw
+    assert json.loads(raw) == json.loads(json.dumps(body, default=str))
+    with pytest.raises(TypeError):
+        encode_body({"x": object()})
+
+
+def test_the_test_server_rejects_a_truncated_image(vllm_server: VLLMTestServer) -> None:
+    """It reads sizes from headers, but a payload that vLLM could not decode still fails."""
+    import base64
+
+    import httpx
+
+    data = make_image(280, 140)
+    body = {
+        "model": vllm_server.config.model,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}],
+    }
+    for payload, status in ((data, 200), (data[: len(data) * 2 // 3], 400)):
+        body["messages"][0]["content"][0]["image_url"]["url"] = (
+            "data:image/jpeg;base64," + base64.b64encode(payload).decode()
+        )
+        r = httpx.post(f"{vllm_server.base_url}/chat/completions", json=body, timeout=10)
+        assert r.status_code == status, r.text
+    assert "could not read the image" in r.json()["message"]
 
 
 def test_request_uses_response_format_json_schema_and_logprobs(vllm_server: VLLMTestServer) -> None:

@@ -9,7 +9,7 @@ What it honours of vLLM's contract, so the client is tested against the real thi
   vLLM's shape (``choices[0].logprobs.content = [{token, logprob, bytes, top_logprobs}]``),
   ``usage``, ``finish_reason`` (``length`` when ``max_tokens`` cuts the answer), vLLM's error body;
 * a GPU's capacity: ``slots`` requests run at once, each taking ``latency_ms``; the rest queue;
-* the model's coordinate convention: the image is decoded and the model frame computed as vLLM's
+* the model's coordinate convention: the image is read and the model frame computed as vLLM's
   processor would (``smart_resize`` of the *received* size, re-implemented here independently of
   labelloop), then ground-truth boxes, stored in ORIGINAL pixels, are written as absolute pixels of
   that frame (Qwen2.5-VL) or on the 0-1000 grid (``--coordinate-mode relative_1000``). A client
@@ -29,21 +29,28 @@ record}}`` (boxes in original pixels, after EXIF orientation; ``_confidence`` an
 ``POST /control/truth``. Requests name their image through the client's ``X-Request-Id``
 (``<sha256>-<attempt>``). Without truth the server answers a schema-valid default record.
 
+The server is cheap on purpose, because in the throughput bench it shares the CPU with the client
+it measures: a small HTTP/1.1 server on asyncio (uvloop when installed) with httptools' C parser
+rather than an ASGI stack, the image size read from its header (an image whose end marker is
+missing is decoded for real, so a truncated payload still fails as it would in vLLM), and the
+logprob part of each answer rendered once per distinct answer (``render_choice``'s cache).
+
 Run: ``python tests/vllm_server.py --port 8000 --slots 64 --latency-ms 200``; in tests use the
-fixtures of ``tests/fixtures_vllm.py`` (same app, in a thread).
+fixtures of ``tests/fixtures_vllm.py`` (the same server, in a thread).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import binascii
 import functools
 import io
 import json
+import logging
 import math
 import re
+import signal
 import threading
 import time
 import uuid
@@ -52,16 +59,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httptools
 from PIL import Image
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 DEFAULT_TRUTH_DIR = Path(__file__).resolve().parent / "data" / "vllm_truth"
 FAULT_KINDS = ("500", "429", "hang", "malformed", "schema", "truncated")
 _SHA = re.compile(r"^[0-9a-f]{64}")
-
+log = logging.getLogger("vllm_test_server")
 
 # --------------------------------------------------------------------------- the model's frame
 
@@ -325,13 +329,238 @@ class ServerState:
             }
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
-    return JSONResponse(body, status_code=status, headers=headers)
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    504: "Gateway Timeout",
+}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] | None = None
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    #: header names in lower case
+    headers: dict[str, str]
+    body: bytes
+    conn: _Connection
+
+    async def wait_disconnected(self, timeout: float) -> bool:
+        """True once the client has closed the connection; False after ``timeout`` seconds."""
+        lost = self.conn.lost
+        if not lost.done():
+            await asyncio.wait([lost], timeout=timeout)
+        return lost.done()
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, json.dumps(obj).encode(), headers)
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Reply:
+    return _json({"object": "error", "message": message, "type": kind, "param": None, "code": status}, status, headers)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: httptools parses, each request is answered in arrival order."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        #: the latest request's task; each one waits for its predecessor (pipelining keeps order)
+        self._last: asyncio.Task[None] | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._write(_error(400, f"bad HTTP request: {e}", "BadRequestError"), keep_alive=False)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._body = b"", {}, []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        if self._headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        path = self._url.decode("latin-1").split("?", 1)[0]
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        req = Request(self.parser.get_method().decode("ascii"), path, self._headers, body, self)
+        self._body = []
+        self._last = asyncio.ensure_future(self._answer(req, self.parser.should_keep_alive(), self._last))
+
+    async def _answer(self, req: Request, keep_alive: bool, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            reply = await self.server.dispatch(req)
+        except Exception as e:  # a bug in a handler: answer like a server would, keep serving
+            log.exception("handler failed for %s %s", req.method, req.path)
+            reply = _error(500, f"test server error: {type(e).__name__}: {e}", "InternalServerError")
+        self._write(reply, keep_alive)
+
+    def _write(self, reply: Reply, keep_alive: bool) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        head = [
+            f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}",
+            "content-type: application/json",
+            f"content-length: {len(reply.body)}",
+        ]
+        head.extend(f"{k}: {v}" for k, v in (reply.headers or {}).items())
+        if not keep_alive:
+            head.append("connection: close")
+        t.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+        if not keep_alive:
+            t.close()
+
+
+class ModelServer:
+    """The test server on one address; ``run()`` blocks, ``start_thread()`` serves in the background."""
+
+    def __init__(self, config: ServerConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = ServerState(config or ServerConfig())
+        self.host = host
+        self.port = port
+        self.connections: set[_Connection] = set()
+        self.started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.routes = {
+            "/health": ("GET", health),
+            "/v1/models": ("GET", models),
+            "/v1/chat/completions": ("POST", chat_completions),
+            "/control/faults": ("POST", control_faults),
+            "/control/truth": ("POST", control_truth),
+            "/control/stats": ("GET", control_stats),
+            "/control/reset": ("POST", control_reset),
+        }
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.state.config
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def dispatch(self, req: Request) -> Reply:
+        route = self.routes.get(req.path)
+        if route is None:
+            return _error(404, f"no route {req.path}", "NotFoundError")
+        if req.method != route[0]:
+            return _error(405, f"{req.method} not allowed on {req.path}", "MethodNotAllowed")
+        return await route[1](self.state, req)
+
+    async def serve(self) -> None:
+        # load Pillow's format plugins before taking requests (the first Image.open would import
+        # them, ~50 ms, in the middle of the first batch), as a real server is warm once healthy
+        Image.preinit()
+        loop = asyncio.get_running_loop()
+        self._loop, self._stop = loop, asyncio.Event()
+        server = await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, backlog=4096, reuse_address=True
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self.started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+            await server.wait_closed()
+
+    def stop(self) -> None:
+        """Stop serving (from any thread)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def run(self) -> None:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(self._serve_until_signalled())
+
+    async def _serve_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        await self.serve()
+
+    def start_thread(self, timeout: float = 30) -> threading.Thread:
+        """Serve in a daemon thread (its own event loop); returns once the port is bound."""
+
+        def target() -> None:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(self.serve())
+
+        thread = threading.Thread(target=target, name="vllm-test-server", daemon=True)
+        thread.start()
+        if not self.started.wait(timeout):
+            raise RuntimeError("the vLLM test server did not start")
+        return thread
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return None
+    return uvloop.new_event_loop
+
+
+# --------------------------------------------------------------------------- endpoints
 
 
 def _image_size(messages: list[dict[str, Any]]) -> tuple[int, int]:
-    """Decode the request's image (really: a corrupt payload fails) and return its size."""
+    """The request image's size, read as vLLM would read the image (a corrupt payload fails).
+
+    The base64 must be strictly valid and the header parse; the size comes from the header. When
+    the file's end marker is missing (a truncated JPEG or PNG, or an unusual format), the image is
+    decoded for real, so it fails exactly where vLLM's decode would.
+    """
     for msg in messages:
         content = msg.get("content")
         if not isinstance(content, list):
@@ -339,13 +568,19 @@ def _image_size(messages: list[dict[str, Any]]) -> tuple[int, int]:
         for part in content:
             if part.get("type") == "image_url":
                 url = part["image_url"]["url"]
-                if not url.startswith("data:image") or "base64," not in url:
+                i = url.find("base64,") if url.startswith("data:image") else -1
+                if i < 0:
                     raise ValueError("only base64 data URLs are supported by this test server")
-                img = Image.open(io.BytesIO(base64.b64decode(url.split("base64,", 1)[1], validate=True)))
+                raw = binascii.a2b_base64(url[i + 7 :], strict_mode=True)
+                img = Image.open(io.BytesIO(raw))
                 size = img.size
-                if img.format == "JPEG":  # decode in the DCT domain at 1/8 scale: cheap, still a decode
-                    img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                img.load()
+                intact = (img.format == "JPEG" and raw.rstrip(b"\0")[-2:] == b"\xff\xd9") or (
+                    img.format == "PNG" and raw[-8:-4] == b"IEND"
+                )
+                if not intact:
+                    if img.format == "JPEG":  # decode in the DCT domain at 1/8 scale: cheap, still a decode
+                        img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                    img.load()
                 return size
     raise ValueError("no image_url in the messages")
 
@@ -380,13 +615,14 @@ def _break_schema(record: Any) -> Any:
     return {"unexpected_field": 1}
 
 
-async def chat_completions(request: Request) -> Response:
-    state: ServerState = request.app.state.vllm
+async def chat_completions(state: ServerState, request: Request) -> Reply:
     cfg = state.config
     try:
-        body = json.loads(await request.body())
+        body = json.loads(request.body)
     except ValueError:
         return _error(400, "invalid JSON body", "BadRequestError")
+    if not isinstance(body, dict):
+        return _error(400, "the body must be a JSON object", "BadRequestError")
     if body.get("model") not in (cfg.model, None):
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
     top_n = int(body.get("top_logprobs") or 0)
@@ -405,7 +641,7 @@ async def chat_completions(request: Request) -> Response:
     key = m.group() if m else None
     try:
         width, height = _image_size(body.get("messages") or [])
-    except (ValueError, KeyError, binascii.Error, OSError) as e:
+    except (ValueError, KeyError, TypeError, binascii.Error, OSError) as e:
         return _error(400, f"could not read the image: {e}", "BadRequestError")
     with state.lock:
         state.requests += 1
@@ -426,9 +662,7 @@ async def chat_completions(request: Request) -> Response:
                 with state.lock:
                     state.faults_served.append({"key": key, **fault})
                 if fault["kind"] == "hang":
-                    deadline = time.monotonic() + float(fault.get("seconds", cfg.hang_s))
-                    while time.monotonic() < deadline and not await request.is_disconnected():
-                        await asyncio.sleep(0.05)
+                    await request.wait_disconnected(float(fault.get("seconds", cfg.hang_s)))
                     return _error(504, "hung request released", "Timeout")
                 if fault["kind"] == "500":
                     return _error(500, "injected internal error", "InternalServerError")
@@ -471,7 +705,7 @@ async def chat_completions(request: Request) -> Response:
             )
             with state.lock:
                 state.completed += 1
-            return Response(payload, media_type="application/json")
+            return Reply(200, payload)
         finally:
             with state.lock:
                 state.inflight -= 1
@@ -528,9 +762,9 @@ def render_choice(
     return json.dumps(choice, ensure_ascii=False).encode("utf-8"), len(tokens)
 
 
-async def models(request: Request) -> Response:
-    cfg: ServerConfig = request.app.state.vllm.config
-    return JSONResponse(
+async def models(state: ServerState, request: Request) -> Reply:
+    cfg = state.config
+    return _json(
         {
             "object": "list",
             "data": [
@@ -547,9 +781,8 @@ async def models(request: Request) -> Response:
     )
 
 
-async def control_faults(request: Request) -> Response:
-    state: ServerState = request.app.state.vllm
-    body = json.loads(await request.body())
+async def control_faults(state: ServerState, request: Request) -> Reply:
+    body = json.loads(request.body)
     key = body.get("key", "*")
     added = []
     for f in body.get("faults", []):
@@ -559,69 +792,32 @@ async def control_faults(request: Request) -> Response:
         added.append(f)
     with state.lock:
         state.faults[key].extend(added)
-    return JSONResponse({"key": key, "queued": len(state.faults[key])})
+    return _json({"key": key, "queued": len(state.faults[key])})
 
 
-async def control_truth(request: Request) -> Response:
-    state: ServerState = request.app.state.vllm
-    body = json.loads(await request.body())
+async def control_truth(state: ServerState, request: Request) -> Reply:
+    body = json.loads(request.body)
     with state.lock:
         state.truth[body["key"]] = body["truth"]
-    return JSONResponse({"ok": True, "n_truth": len(state.truth)})
+    return _json({"ok": True, "n_truth": len(state.truth)})
 
 
-async def control_stats(request: Request) -> Response:
-    return JSONResponse(request.app.state.vllm.stats())
+async def control_stats(state: ServerState, request: Request) -> Reply:
+    return _json(state.stats())
 
 
-async def control_reset(request: Request) -> Response:
-    state: ServerState = request.app.state.vllm
+async def control_reset(state: ServerState, request: Request) -> Reply:
     with state.lock:
         state.faults.clear()
     state.reset_stats()
-    return JSONResponse({"ok": True})
+    return _json({"ok": True})
 
 
-async def health(request: Request) -> Response:
-    return Response(status_code=200)
-
-
-def create_app(config: ServerConfig | None = None) -> Starlette:
-    app = Starlette(
-        routes=[
-            Route("/health", health),
-            Route("/v1/models", models),
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/control/faults", control_faults, methods=["POST"]),
-            Route("/control/truth", control_truth, methods=["POST"]),
-            Route("/control/stats", control_stats),
-            Route("/control/reset", control_reset, methods=["POST"]),
-        ]
-    )
-    app.state.vllm = ServerState(config or ServerConfig())
-    return app
-
-
-def uvicorn_config(app: Starlette, host: str, port: int) -> Any:
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        loop="auto",
-        http="auto",
-        backlog=4096,
-        timeout_keep_alive=120,
-        lifespan="off",
-    )
+async def health(state: ServerState, request: Request) -> Reply:
+    return Reply(200, b"")
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -642,7 +838,7 @@ def main(argv: list[str] | None = None) -> None:
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
     )
-    uvicorn.Server(uvicorn_config(create_app(config), args.host, args.port)).run()
+    ModelServer(config, args.host, args.port).run()
 
 
 if __name__ == "__main__":

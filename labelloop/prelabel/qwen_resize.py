@@ -192,6 +192,27 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
+def _probe(data: bytes, min_pixels: int, max_pixels: int) -> tuple[Image.Image, int, ResizePlan, PreparedImage | None]:
+    """(opened image, EXIF orientation, plan, the image as is when it needs nothing): a header read."""
+    head = Image.open(io.BytesIO(data))
+    orientation = _orientation(head)
+    swapped = orientation in (5, 6, 7, 8)  # rotated by 90 degrees: width and height trade places
+    width, height = (head.height, head.width) if swapped else head.size
+    plan = ResizePlan.for_size(width, height, min_pixels=min_pixels, max_pixels=max_pixels)
+    if plan.is_identity and orientation == 1 and head.format in PASSTHROUGH_FORMATS and head.mode in ("RGB", "L"):
+        return head, orientation, plan, PreparedImage(data=data, mime=PASSTHROUGH_FORMATS[head.format], plan=plan)
+    return head, orientation, plan, None
+
+
+def ready_as_is(data: bytes, *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> PreparedImage | None:
+    """The image as :func:`prepare_image` would send it when that needs no pixel work, else None.
+
+    Reads the header only (no decode), so it is cheap enough to call on an event loop; an image
+    that needs orienting, resizing or re-encoding gives None and goes to :func:`prepare_image`.
+    """
+    return _probe(data, min_pixels, max_pixels)[3]
+
+
 def prepare_image(
     data: bytes,
     *,
@@ -206,15 +227,12 @@ def prepare_image(
 
     An image that needs nothing (upright, already a fixed point of ``smart_resize``, RGB or grey,
     in a format the server reads) is sent as stored: no decode, no resample, no second JPEG
-    generation loss. Reading its header is all it costs.
+    generation loss. Reading its header is all it costs (see :func:`ready_as_is`).
     """
-    head = Image.open(io.BytesIO(data))
-    orientation = _orientation(head)
-    swapped = orientation in (5, 6, 7, 8)  # rotated by 90 degrees: width and height trade places
-    width, height = (head.height, head.width) if swapped else head.size
-    plan = ResizePlan.for_size(width, height, min_pixels=min_pixels, max_pixels=max_pixels)
-    if plan.is_identity and orientation == 1 and head.format in PASSTHROUGH_FORMATS and head.mode in ("RGB", "L"):
-        return PreparedImage(data=data, mime=PASSTHROUGH_FORMATS[head.format], plan=plan)
+    head, orientation, plan, as_is = _probe(data, min_pixels, max_pixels)
+    if as_is is not None:
+        return as_is
+    swapped = orientation in (5, 6, 7, 8)
     if head.format == "JPEG" and not plan.is_identity:
         # shrink by 1/2, 1/4 or 1/8 while decoding (DCT domain) when the target is that small
         head.draft("RGB", (plan.height, plan.width) if swapped else (plan.width, plan.height))

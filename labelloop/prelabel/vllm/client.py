@@ -1,31 +1,46 @@
-"""Async client for an OpenAI-compatible ``/v1/chat/completions`` (vLLM), built on httpx.
+"""Async client for an OpenAI-compatible ``/v1/chat/completions`` (vLLM), built on aiohttp.
 
 One :class:`ChatClient` per backend and event loop, reused for every request: a fresh client per
 request would pay a TCP handshake each time and never reuse keep-alive connections, which is
-what keeps a GPU server saturated. The connection pools together hold as many connections as the
-runner's concurrency (plus headroom), so a request never waits for a pooled connection (pool waits
-would count against no timeout and silently cap throughput). They are several small httpx pools
-rather than one big one; see ``ChatClient.__init__`` for why.
+what keeps a GPU server saturated. The pool holds as many connections as the runner's
+concurrency (plus headroom), so a request never waits for a pooled connection.
+
+Why aiohttp and not httpx: at a few hundred requests per second the client's own CPU decides
+whether the server stays full, and on a small machine it shares the cores with everything else.
+httpx (httpcore, h11, anyio) spent over a millisecond of Python per request (a pool scan with a
+socket poll per idle connection, peer-address look-ups, per-request URL parsing and header
+validation); aiohttp's pool and C HTTP parser do the same work in a fraction of that.
+
+JSON goes through msgspec both ways (a fraction of the json module's cost). Request bodies are
+built once as bytes: an image travels as a :class:`DataURL` whose base64 is copied into the JSON
+as is (never scanned for characters to escape), and a retry resends the same bytes. The first
+attempt runs without tenacity's machinery; only a failure brings it in (see ``ChatClient._retry``).
 
 Retries (tenacity): 429, 5xx, timeouts and transport errors are retried with exponential backoff
 and jitter, ``max_retries`` times; a ``Retry-After`` header (seconds or an HTTP date) overrides
 the backoff, capped at the request timeout so a hostile header cannot park a worker for hours.
 Other 4xx (bad request, context too long) are not retried: the same request would fail again.
+
+Timeouts mirror what the httpx client had: ``timeout_s`` for the answer (from the end of the
+upload to the response, and between reads), at most 10 s to connect. Proxies come from the
+environment (``HTTP(S)_PROXY``/``NO_PROXY``), resolved once per client rather than per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
-import json
-import math
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import certifi
-import httpx
+import msgspec
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -35,8 +50,9 @@ from tenacity import (
 )
 
 REQUEST_ID_HEADER = "X-Request-Id"
-#: connections per httpx pool (see ChatClient.__init__)
-CONNECTIONS_PER_SHARD = 4
+#: the response as plain dicts and lists, like json.loads, at a third of its cost: a response is
+#: ~100 logprob entries, and decoding it was the largest single cost per request after HTTP
+_decode_json = msgspec.json.Decoder().decode
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -57,6 +73,53 @@ class RetryableHTTPError(Exception):
         self.status = status
         self.body = body
         self.retry_after = retry_after
+
+
+class DataURL:
+    """A ``data:`` URL kept as its base64 bytes; the request body gets them spliced in as is.
+
+    Use it wherever a message holds an image URL string. ``str()`` gives the URL text.
+    """
+
+    __slots__ = ("b64", "mime")
+
+    def __init__(self, mime: str, b64: bytes) -> None:
+        self.mime = mime
+        self.b64 = b64
+
+    def __str__(self) -> str:
+        return f"data:{self.mime};base64,{self.b64.decode('ascii')}"
+
+    def __repr__(self) -> str:
+        return f"DataURL({self.mime!r}, <{len(self.b64)} base64 bytes>)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DataURL) and (self.mime, self.b64) == (other.mime, other.b64)
+
+    def __hash__(self) -> int:
+        return hash((self.mime, self.b64))
+
+    def json_bytes(self) -> bytes:
+        """The URL as a JSON string (base64 and a MIME type need no escaping)."""
+        return b'"data:' + self.mime.encode("ascii") + b";base64," + self.b64 + b'"'
+
+
+def _encode_hook(obj: Any) -> Any:
+    if isinstance(obj, DataURL):
+        return msgspec.Raw(obj.json_bytes())
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_encode_hook)
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """``body`` as UTF-8 JSON; every :class:`DataURL` in it is spliced in without re-encoding.
+
+    msgspec rather than ``json.dumps``: a tenth of the cost for the request's schema and prompt,
+    and the base64 is copied in as raw bytes instead of being scanned for characters to escape.
+    """
+    return _encoder.encode(body)
 
 
 @dataclass
@@ -90,9 +153,11 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def _is_retryable(exc: BaseException) -> bool:
-    # TimeoutException and NetworkError (connect/read/write errors) plus a server closing the
-    # connection mid-response (RemoteProtocolError) are all TransportError subclasses.
-    return isinstance(exc, RetryableHTTPError | httpx.TransportError)
+    # aiohttp.ClientError covers refused/reset connections, a server closing the connection
+    # mid-response and incomplete bodies; TimeoutError covers connect and read timeouts.
+    if isinstance(exc, aiohttp.InvalidURL):  # a configuration error: the same URL fails again
+        return False
+    return isinstance(exc, RetryableHTTPError | aiohttp.ClientError | TimeoutError)
 
 
 class _Wait:
@@ -109,8 +174,22 @@ class _Wait:
         return self.backoff(state)
 
 
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment asks for ``url`` (HTTP(S)_PROXY / ALL_PROXY, minus NO_PROXY)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
 class ChatClient:
-    """Chat completions with structured output and logprobs against one server."""
+    """Chat completions with structured output and logprobs against one server.
+
+    The aiohttp session is created on first use, inside the running event loop (a client may be
+    constructed anywhere, e.g. by an Airflow hook, and used in a later ``asyncio.run``).
+    """
 
     def __init__(
         self,
@@ -122,51 +201,61 @@ class ChatClient:
         max_connections: int = 32,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
+        self.max_connections = max(1, max_connections)
         self._wait = _Wait(backoff_initial_s, backoff_max_s, retry_after_cap=timeout_s)
-        headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        # httpcore's pool scans all its connections on every request start and finish (with a
-        # socket poll per idle one), which costs milliseconds of CPU per request at 64
-        # connections. Several small pools behind a least-loaded pick keep that scan short; the
-        # pick guarantees no shard ever needs more than its share while the total is bounded.
-        # one TLS context for all pools (building one costs ~50 ms and a few MB)
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=certifi.where())
-        n_shards = max(1, math.ceil(max_connections / CONNECTIONS_PER_SHARD))
-        per_shard = math.ceil(max_connections / n_shards)
-        self._shards = [
-            httpx.AsyncClient(
-                base_url=self.base_url,
-                headers=headers,
-                # pool=None: the caller bounds concurrency; waiting for a connection is no error
-                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0), pool=None),
-                limits=httpx.Limits(
-                    max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=60.0
-                ),
-                transport=transport,
-                verify=verify,
-            )
-            for _ in range(n_shards)
-        ]
-        self._load = [0] * n_shards
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 10.0), sock_read=timeout_s)
+        self._chat_url = f"{self.base_url}/chat/completions"
+        self._models_url = f"{self.base_url}/models"
+        self._proxy = _env_proxy(self.base_url)
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def pool_size(self) -> int:
         """Connections the client may open in total."""
-        return sum(c._transport._pool._max_connections for c in self._shards)  # type: ignore[attr-defined]
+        return self.max_connections
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            # certifi's bundle, as httpx used; only https needs a context (building one costs ~50 ms)
+            tls: ssl.SSLContext | bool = (
+                ssl.create_default_context(cafile=certifi.where()) if self._chat_url.startswith("https:") else True
+            )
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=0,
+                keepalive_timeout=60.0,
+                ssl=tls,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=self._timeout,
+                # the environment's proxy is resolved once (self._proxy), not per request
+                trust_env=False,
+            )
+            self._loop = loop
+        return self._session
 
     async def aclose(self) -> None:
-        for c in self._shards:
-            await c.aclose()
+        if self._session is not None:
+            if not self._session.closed and self._loop is asyncio.get_running_loop():
+                await self._session.close()
+            self._session = None
 
     async def list_models(self) -> list[str]:
-        resp = await self._shards[0].get("/models")
-        resp.raise_for_status()
-        return [m["id"] for m in resp.json().get("data", [])]
+        async with self._client().get(self._models_url, proxy=self._proxy) as resp:
+            if resp.status >= 400:
+                raise ChatError(f"HTTP {resp.status} listing models", status=resp.status, body=await resp.text())
+            data = _decode_json(await resp.read())
+        return [m["id"] for m in data.get("data", [])]
 
     async def chat(
         self,
@@ -189,10 +278,12 @@ class ChatClient:
         The schema goes in ``response_format`` (``json_schema``, strict): the form every vLLM
         version honours. The older ``guided_json`` extra parameter is removed from vLLM 0.12 and
         silently ignored there, which would quietly turn off the constraint.
+
+        Image URLs in ``messages`` may be plain strings or :class:`DataURL` (cheaper).
         """
         body: dict[str, Any] = {
             "model": model,
-            "messages": list(messages),
+            "messages": messages if isinstance(messages, list) else list(messages),
             "temperature": temperature,
             "max_tokens": max_tokens,
             "logprobs": logprobs,
@@ -204,20 +295,26 @@ class ChatClient:
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
             }
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        payload = encode_body(body)
+        del body
         attempts = 0
+
+        async def attempt() -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            rid = {REQUEST_ID_HEADER: f"{request_id}-{attempts}"} if request_id else None
+            return await self._post(payload, rid)
+
         t0 = time.perf_counter()
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.max_retries + 1),
-                wait=self._wait,
-                retry=retry_if_exception(_is_retryable),
-                reraise=True,
-            ):
-                with attempt:
-                    attempts += 1
-                    rid = {REQUEST_ID_HEADER: f"{request_id}-{attempts}"} if request_id else None
-                    data = await self._post(payload, rid)
+            try:
+                # the first attempt goes without the retry machinery: tenacity's per-call state
+                # (futures with locks, a generator per attempt) costs ~50 us, and it is rarely needed
+                data = await attempt()
+            except Exception as first:
+                if not _is_retryable(first) or self.max_retries < 1:
+                    raise
+                data = await self._retry(attempt, first)
         except ChatError as e:
             e.attempts = attempts
             raise
@@ -228,31 +325,47 @@ class ChatClient:
                 body=e.body,
                 attempts=attempts,
             ) from e
-        except httpx.TimeoutException as e:
+        except TimeoutError as e:  # before ClientError: aiohttp's timeouts are both
             raise ChatError(f"timeout after {attempts} attempt(s): {type(e).__name__}", attempts=attempts) from e
-        except httpx.TransportError as e:
+        except aiohttp.ClientError as e:
             raise ChatError(
                 f"connection error after {attempts} attempt(s): {type(e).__name__}: {e}", attempts=attempts
             ) from e
         return self._result(data, (time.perf_counter() - t0) * 1000, attempts)
 
+    async def _retry(self, attempt: Callable[[], Awaitable[dict[str, Any]]], first: BaseException) -> dict[str, Any]:
+        """Attempts 2.. under tenacity, which is first shown the failure of attempt 1 (replayed,
+        not resent) so that its stop, backoff and Retry-After rules apply from attempt 1 on."""
+        replay = [first]
+
+        async def call() -> dict[str, Any]:
+            if replay:
+                raise replay.pop()
+            return await attempt()
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(_is_retryable),
+            reraise=True,
+        )
+        return await retrying(call)
+
     async def _post(self, payload: bytes, headers: Mapping[str, str] | None) -> dict[str, Any]:
-        i = min(range(len(self._load)), key=self._load.__getitem__)
-        self._load[i] += 1
+        async with self._client().post(self._chat_url, data=payload, headers=headers, proxy=self._proxy) as resp:
+            status = resp.status
+            raw = await resp.read()
+            retry_after = resp.headers.get("Retry-After")
+        if status in RETRYABLE_STATUS or status >= 500:
+            raise RetryableHTTPError(status, _text(raw), parse_retry_after(retry_after))
+        if status >= 400:
+            raise ChatError(f"HTTP {status} (not retried)", status=status, body=_text(raw))
         try:
-            resp = await self._shards[i].post("/chat/completions", content=payload, headers=headers)
-        finally:
-            self._load[i] -= 1
-        if resp.status_code in RETRYABLE_STATUS or resp.status_code >= 500:
-            raise RetryableHTTPError(resp.status_code, resp.text, parse_retry_after(resp.headers.get("Retry-After")))
-        if resp.status_code >= 400:
-            raise ChatError(f"HTTP {resp.status_code} (not retried)", status=resp.status_code, body=resp.text)
-        try:
-            data = resp.json()
-        except ValueError as e:
-            raise ChatError("the server's response is not JSON", status=resp.status_code, body=resp.text) from e
+            data = _decode_json(raw)
+        except ValueError as e:  # msgspec.DecodeError is a ValueError
+            raise ChatError("the server's response is not JSON", status=status, body=_text(raw)) from e
         if not isinstance(data, dict) or not data.get("choices"):
-            raise ChatError("the server's response has no choices", status=resp.status_code, body=resp.text)
+            raise ChatError("the server's response has no choices", status=status, body=_text(raw))
         return data
 
     @staticmethod
@@ -272,3 +385,7 @@ class ChatClient:
             model=data.get("model"),
             raw=data,
         )
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")

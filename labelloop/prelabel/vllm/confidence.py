@@ -36,10 +36,11 @@ because one bad region is enough to need a review.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from labelloop.prelabel.vllm.jsonspans import JSONSpanError, Node, parse_spans
 from labelloop.specs import TaskSpec
@@ -48,11 +49,14 @@ LIST_KINDS = frozenset({"regions", "objects", "blocks"})
 _REPLACEMENT = "\ufffd"
 
 
-@dataclass(frozen=True)
-class TokenLogprob:
+class TokenLogprob(NamedTuple):
+    """One generated token. A named tuple, not a dataclass: an answer has a hundred of them and
+    they are built for every prediction."""
+
     token: str
     logprob: float
-    bytes: tuple[int, ...] | None = None
+    #: the token's UTF-8 bytes as the server reports them (a list or tuple of ints), if it does
+    bytes: Sequence[int] | None = None
 
     @classmethod
     def from_openai(cls, entry: Mapping[str, Any]) -> TokenLogprob:
@@ -82,11 +86,8 @@ class TokenAlignmentError(ValueError):
 
 
 def _cumulative(lengths: Iterable[int]) -> list[tuple[int, int]]:
-    spans, pos = [], 0
-    for n in lengths:
-        spans.append((pos, pos + n))
-        pos += n
-    return spans
+    ends = list(itertools.accumulate(lengths))
+    return list(zip([0, *ends[:-1]], ends, strict=True)) if ends else []
 
 
 def _align_bytes(tokens: Sequence[TokenLogprob], text: str) -> list[tuple[int, int]] | None:
@@ -147,8 +148,9 @@ def _align_fuzzy(tokens: Sequence[TokenLogprob], text: str) -> list[tuple[int, i
 
 def align_tokens(tokens: Sequence[TokenLogprob], text: str) -> list[tuple[int, int]]:
     """A ``[start, end)`` character span in ``text`` for each token."""
-    if "".join(t.token for t in tokens) == text:
-        return _cumulative(len(t.token) for t in tokens)
+    strings = [t.token for t in tokens]
+    if "".join(strings) == text:
+        return _cumulative(map(len, strings))
     spans = _align_bytes(tokens, text)
     if spans is not None:
         return spans
@@ -170,12 +172,10 @@ class _TokenIndex:
     def overlapping(self, start: int, end: int) -> set[int]:
         if end <= start:
             return set()
-        i = bisect.bisect_right(self.ends, start)  # first token ending after `start`
-        out = set()
-        while i < len(self.starts) and self.starts[i] < end:
-            out.add(i)
-            i += 1
-        return out
+        # spans are in text order, so both starts and ends are sorted: the overlapping tokens are
+        # the run from the first one ending after `start` to the last one starting before `end`
+        i = bisect.bisect_right(self.ends, start)
+        return set(range(i, bisect.bisect_left(self.starts, end, i)))
 
     def score(self, idx: Iterable[int]) -> SpanScore:
         lps = [self.logprobs[i] for i in sorted(set(idx))]
@@ -253,11 +253,11 @@ def field_confidences(
 def parse_logprobs(content: Sequence[Mapping[str, Any]] | None) -> list[TokenLogprob]:
     """``choices[0].logprobs.content`` of a chat completion as :class:`TokenLogprob` objects."""
     out = []
+    append = out.append
     for e in content or ():
         lp = e.get("logprob")
         if lp is None or not -1e4 <= lp <= 0:  # -inf/-9999 for impossible tokens, None, NaN
-            out.append(TokenLogprob.from_openai(e))
-            continue
-        raw = e.get("bytes")
-        out.append(TokenLogprob(e.get("token") or "", lp, tuple(raw) if raw is not None else None))
+            append(TokenLogprob.from_openai(e))
+        else:
+            append(TokenLogprob(e.get("token") or "", lp, e.get("bytes")))
     return out

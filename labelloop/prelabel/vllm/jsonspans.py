@@ -11,11 +11,13 @@ import json
 import re
 from dataclasses import dataclass, field
 
-_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
-_WS = " \t\n\r"
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?").match
+_WS = re.compile(r"[ \t\n\r]*").match
+#: the rest of a string after its opening quote, closing quote included (escapes skipped whole)
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S).match
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """A JSON value spanning ``text[start:end]`` (quotes and brackets included)."""
 
@@ -40,13 +42,15 @@ class JSONSpanError(ValueError):
 
 
 class _Parser:
+    """Recursive descent with a regular expression per token (strings, numbers, whitespace):
+    the answer is parsed for every prediction, so character-at-a-time Python would cost."""
+
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
 
     def ws(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos] in _WS:
-            self.pos += 1
+        self.pos = _WS(self.text, self.pos).end()
 
     def expect(self, ch: str) -> None:
         if self.text[self.pos : self.pos + 1] != ch:
@@ -54,57 +58,53 @@ class _Parser:
         self.pos += 1
 
     def value(self) -> Node:
-        self.ws()
-        ch = self.text[self.pos : self.pos + 1]
+        text = self.text
+        pos = self.pos = _WS(text, self.pos).end()
+        ch = text[pos : pos + 1]
+        if ch == '"':
+            return self.string()
         if ch == "{":
             return self.obj()
         if ch == "[":
             return self.arr()
-        if ch == '"':
-            return self.string()
         for lit in ("true", "false", "null"):
-            if self.text.startswith(lit, self.pos):
-                start = self.pos
-                self.pos += len(lit)
-                return Node("literal", start, self.pos)
-        m = _NUMBER.match(self.text, self.pos)
+            if text.startswith(lit, pos):
+                self.pos = pos + len(lit)
+                return Node("literal", pos, self.pos)
+        m = _NUMBER(text, pos)
         if not m:
-            raise JSONSpanError(f"unexpected {ch!r} at {self.pos}")
+            raise JSONSpanError(f"unexpected {ch!r} at {pos}")
         self.pos = m.end()
-        return Node("number", m.start(), m.end())
+        return Node("number", pos, self.pos)
 
     def string(self) -> Node:
         start = self.pos
         self.expect('"')
-        while True:
-            if self.pos >= len(self.text):
-                raise JSONSpanError("unterminated string")
-            ch = self.text[self.pos]
-            if ch == "\\":
-                self.pos += 2
-            elif ch == '"':
-                self.pos += 1
-                return Node("string", start, self.pos)
-            else:
-                self.pos += 1
+        m = _STRING_REST(self.text, self.pos)
+        if m is None:
+            raise JSONSpanError("unterminated string")
+        self.pos = m.end()
+        return Node("string", start, self.pos)
 
     def obj(self) -> Node:
+        text = self.text
         node = Node("object", self.pos, -1)
         self.expect("{")
         self.ws()
-        if self.text[self.pos : self.pos + 1] == "}":
+        if text[self.pos : self.pos + 1] == "}":
             self.pos += 1
             node.end = self.pos
             return node
         while True:
             self.ws()
             key_node = self.string()
-            key = json.loads(self.text[key_node.start : key_node.end])
+            raw_key = text[key_node.start + 1 : key_node.end - 1]
+            key = json.loads(text[key_node.start : key_node.end]) if "\\" in raw_key else raw_key
             self.ws()
             self.expect(":")
             node.members[key] = self.value()
             self.ws()
-            if self.text[self.pos : self.pos + 1] == ",":
+            if text[self.pos : self.pos + 1] == ",":
                 self.pos += 1
                 continue
             self.expect("}")
@@ -112,17 +112,18 @@ class _Parser:
             return node
 
     def arr(self) -> Node:
+        text = self.text
         node = Node("array", self.pos, -1)
         self.expect("[")
         self.ws()
-        if self.text[self.pos : self.pos + 1] == "]":
+        if text[self.pos : self.pos + 1] == "]":
             self.pos += 1
             node.end = self.pos
             return node
         while True:
             node.items.append(self.value())
             self.ws()
-            if self.text[self.pos : self.pos + 1] == ",":
+            if text[self.pos : self.pos + 1] == ",":
                 self.pos += 1
                 continue
             self.expect("]")
