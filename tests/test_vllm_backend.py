@@ -34,9 +34,9 @@ from labelloop.prelabel.vllm.confidence import (
     field_confidences,
     parse_logprobs,
 )
-from labelloop.prelabel.vllm.fastschema import compile_check
 from labelloop.prelabel.vllm.jsonspans import JSONSpanError, Node, parse_spans
 from labelloop.specs import SpecRegistry
+from labelloop.specs.schema_check import compile_check
 from labelloop.storage import LocalStore
 
 pytest_plugins = ["fixtures_vllm"]

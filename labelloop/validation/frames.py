@@ -29,7 +29,7 @@ from jsonschema import exceptions as js_exceptions
 from jsonschema import validators as js_validators
 
 from labelloop.specs import TaskSpec
-from labelloop.validation.schema import Unsupported, compile_schema
+from labelloop.specs.schema_check import Unsupported, compile_schema
 
 RECORDS_INDEX = ["record_id", "item_sha"]
 PARTS_INDEX = ["record_id", "path", "box", "frame"]

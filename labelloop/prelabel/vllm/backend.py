@@ -8,7 +8,7 @@ answer:
 
 * ``finish_reason == "length"``, JSON that does not parse, or JSON that breaks the spec's schema
   (checked with jsonschema, behind a compiled fast path for the common valid case, see
-  :mod:`.fastschema`: a server that ignored the constraint must not slip records through)
+  :mod:`labelloop.specs.schema_check`: a server that ignored the constraint must not slip records through)
   -> a *failed* prediction with the raw text and the reason, so the item goes to review;
 * HTTP errors left after the client's retries -> failed too, with the status and response body.
 
@@ -48,8 +48,8 @@ from labelloop.prelabel.qwen_resize import (
 )
 from labelloop.prelabel.vllm.client import ChatClient, ChatError, ChatResult, DataURL
 from labelloop.prelabel.vllm.confidence import field_confidences, parse_logprobs
-from labelloop.prelabel.vllm.fastschema import Check, compile_check
 from labelloop.specs import TaskSpec
+from labelloop.specs.schema_check import Check, compile_check
 from labelloop.storage import ObjectStore
 
 #: model-ready images up to this size are prepared on the event loop (see _prepare_async)
@@ -63,7 +63,7 @@ class _SchemaCheck:
     """jsonschema's validator (the reference, and the error messages) and a fast yes-check."""
 
     validator: jsonschema.protocols.Validator
-    #: see :mod:`.fastschema`; None for schemas outside its subset
+    #: see :mod:`labelloop.specs.schema_check`; None for schemas outside its subset
     fast: Check | None
 
 

@@ -192,3 +192,11 @@ def _scalar_checks(schema: dict[str, Any]) -> list[Check]:
             bound = schema[key]
             out.append(lambda v, ok=ok, bound=bound: not _is_number(v) or ok(v, bound))
     return out
+
+
+def compile_check(schema: Any) -> Check | None:
+    """:func:`compile_schema`, or None when the schema is outside the subset (jsonschema decides alone)."""
+    try:
+        return compile_schema(schema)
+    except Unsupported:
+        return None
