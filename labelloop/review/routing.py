@@ -228,20 +228,44 @@ def upsert_auto_record(s: Session, pred: Prediction, existing: Record | None) ->
     """The auto-accepted record, unless a human already curated the item (then None)."""
     if existing is not None and existing.provenance in HUMAN_PROVENANCES:
         return None
-    record = pred.record or {}
+    return put_record(
+        s,
+        existing,
+        item_id=pred.item_id,
+        spec=pred.spec,
+        pred=pred,
+        provenance="auto",
+        record=pred.record or {},
+    )
+
+
+def put_record(
+    s: Session,
+    existing: Record | None,
+    *,
+    item_id: int,
+    spec: str,
+    pred: Prediction,
+    provenance: str,
+    record: dict[str, Any],
+    annotation_id: int | None = None,
+    annotator: str | None = None,
+) -> Record:
+    """Create or overwrite the curated record of (item, spec); the one place routing (auto) and
+    review sync (human/audited) write records, so both fill the same columns and content hash."""
     values = {
-        "provenance": "auto",
+        "provenance": provenance,
         "prediction_id": pred.id,
-        "annotation_id": None,
+        "annotation_id": annotation_id,
         "model": pred.model,
         "model_version": pred.model_version,
-        "annotator": None,
+        "annotator": annotator,
         "confidence": pred.confidence,
         "record": record,
         "content_hash": record_hash(record),
     }
     if existing is None:
-        existing = Record(item_id=pred.item_id, spec=pred.spec, **values)
+        existing = Record(item_id=item_id, spec=spec, **values)
         s.add(existing)
     else:
         for k, v in values.items():

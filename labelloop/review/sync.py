@@ -47,10 +47,10 @@ from labelloop.review.routing import (
     STATUS_DELETED,
     STATUS_IMPORTED,
     STATUS_SKIPPED,
+    put_record,
 )
 from labelloop.specs import TaskSpec
 from labelloop.specs.compare import compare_field
-from labelloop.validation.canonical import record_hash
 
 log = logging.getLogger(__name__)
 
@@ -270,25 +270,20 @@ def _upsert_human_record(
     if size is not None:
         defaults.update(width_px=size.width, height_px=size.height)
     record = convert.merge_page(spec, base, rt.page, view, page_defaults=defaults)
-    values = {
-        "provenance": "audited" if rt.route == ROUTE_AUDIT else "human",
-        "prediction_id": pred.id,
-        "annotation_id": ann.id,
-        "model": pred.model,
-        "model_version": pred.model_version,
-        "annotator": ann.annotator,
-        "confidence": pred.confidence,
-        "record": record,
-        "content_hash": record_hash(record),
-    }
-    if rec is None:
-        rec = Record(item_id=rt.item_id, spec=spec.name, **values)
-        s.add(rec)
+    is_new = rec is None
+    rec = put_record(
+        s,
+        rec,
+        item_id=rt.item_id,
+        spec=spec.name,
+        pred=pred,
+        provenance="audited" if rt.route == ROUTE_AUDIT else "human",
+        record=record,
+        annotation_id=ann.id,
+        annotator=ann.annotator,
+    )
+    if is_new:
         ctx.records[rt.item_id] = rec  # a second page of the same document merges into it
-    else:
-        for k, v in values.items():
-            setattr(rec, k, v)
-        rec.updated_at = utcnow()
 
 
 # --------------------------------------------------------------------------- one page of tasks
