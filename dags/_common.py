@@ -34,7 +34,7 @@ DEFAULT_ARGS: dict[str, Any] = {
 def build_settings() -> Settings:
     """labelloop Settings inside a task: environment (``LABELLOOP_*``, ``LABELLOOP_CONFIG_FILE``)
     with the Airflow Connections that exist (curation DB, object store, ...) laid on top."""
-    from operators.settings import airflow_settings
+    from labelloop_airflow.settings import airflow_settings
 
     return airflow_settings()
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from _common import DEFAULT_ARGS, START_DATE
 from airflow.sdk import DAG
-
-from operators.calibration import CalibrateOperator
+from labelloop_airflow.calibration import CalibrateOperator
 
 with DAG(
     dag_id="labelloop_calibrate",

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from _common import DATASETS, DEFAULT_ARGS, START_DATE, build_settings, spec_names
 from airflow.sdk import DAG, Param
-
-from operators.export import ExportDatasetOperator, QualityGateOperator, ValidateRecordsOperator
+from labelloop_airflow.export import ExportDatasetOperator, QualityGateOperator, ValidateRecordsOperator
 
 with DAG(
     dag_id="labelloop_export",

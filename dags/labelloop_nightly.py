@@ -14,11 +14,10 @@ import datetime as dt
 from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
-
-from operators.calibration import CalibrateOperator
-from operators.pipeline import CheckJobsOperator, IngestOperator, JobSpecsOperator, PlanPrelabelOperator
-from operators.prelabel import PrelabelOperator
-from operators.review import RouteAndImportOperator, SyncOperator
+from labelloop_airflow.calibration import CalibrateOperator
+from labelloop_airflow.pipeline import CheckJobsOperator, IngestOperator, JobSpecsOperator, PlanPrelabelOperator
+from labelloop_airflow.prelabel import PrelabelOperator
+from labelloop_airflow.review import RouteAndImportOperator, SyncOperator
 
 DEFAULT_JOBS = [{"spec": "ocr_lines", "backend": "cpu"}, {"spec": "document_layout", "backend": "cpu"}]
 

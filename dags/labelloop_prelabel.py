@@ -15,10 +15,9 @@ import datetime as dt
 
 from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
 from airflow.sdk import DAG, Param
-
-from operators.pipeline import CheckJobsOperator, IngestOperator, PlanPrelabelOperator
-from operators.prelabel import PrelabelOperator
-from operators.review import RouteAndImportOperator
+from labelloop_airflow.pipeline import CheckJobsOperator, IngestOperator, PlanPrelabelOperator
+from labelloop_airflow.prelabel import PrelabelOperator
+from labelloop_airflow.review import RouteAndImportOperator
 
 with DAG(
     dag_id="labelloop_prelabel",

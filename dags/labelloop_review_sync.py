@@ -8,8 +8,7 @@ import datetime as dt
 
 from _common import DEFAULT_ARGS, START_DATE, spec_names
 from airflow.sdk import DAG
-
-from operators.review import SyncOperator
+from labelloop_airflow.review import SyncOperator
 
 with DAG(
     dag_id="labelloop_review_sync",

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from _common import DATASETS, DEFAULT_ARGS, START_DATE, build_settings
 from airflow.sdk import DAG, Param
-
-from operators.training import LaunchTrainingOperator, PrepareTrainingOperator
+from labelloop_airflow.training import LaunchTrainingOperator, PrepareTrainingOperator
 
 with DAG(
     dag_id="labelloop_train",

@@ -171,7 +171,7 @@ def airflow_env(creds: dict[str, str]) -> dict[str, str]:
         | labelloop_env(creds)
         | {
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",  # standalone spawns `airflow ...` by name
-            "PYTHONPATH": str(REPO),  # dags import `operators`
+            "PYTHONPATH": str(REPO),  # dags import `labelloop` and `labelloop_airflow` (editable install)
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -10,7 +10,7 @@ from labelloop.config import Settings
 
 
 def test_no_connections_means_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    from operators.settings import airflow_settings
+    from labelloop_airflow.settings import airflow_settings
 
     for var in ("AIRFLOW_CONN_LABELLOOP_DB", "AIRFLOW_CONN_LABELLOOP_S3"):
         monkeypatch.delenv(var, raising=False)
@@ -20,7 +20,7 @@ def test_no_connections_means_environment_defaults(monkeypatch: pytest.MonkeyPat
 
 
 def test_curation_db_and_object_store_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    from operators.settings import airflow_settings
+    from labelloop_airflow.settings import airflow_settings
 
     monkeypatch.setenv("AIRFLOW_CONN_LABELLOOP_DB", "postgresql://cur:pw@db.example:5432/labelloop")
     monkeypatch.setenv(

@@ -178,11 +178,11 @@ def test_training_takes_the_newest_announced_version_per_spec(labelloop_env) -> 
     from types import SimpleNamespace
 
     from _common import DATASETS
+    from labelloop_airflow.training import PrepareTrainingOperator
 
     from labelloop.export import export_dataset
     from labelloop.specs import SpecRegistry
     from labelloop.validation import validate_spec
-    from operators.training import PrepareTrainingOperator
 
     settings, db, store = labelloop_env
     spec = SpecRegistry().get("vehicle_extraction")

@@ -127,8 +127,7 @@ def test_wrong_params_are_refused_when_the_run_is_created(
 
 def test_check_params_fails_before_any_work() -> None:
     from airflow.sdk.exceptions import AirflowFailException
-
-    from operators.pipeline import CheckJobsOperator
+    from labelloop_airflow.pipeline import CheckJobsOperator
 
     def check(jobs: Any) -> Any:
         return CheckJobsOperator(task_id="check_params", jobs=jobs).execute({})

@@ -311,7 +311,7 @@ def test_identity_follows_render_dpi(sqlite_settings: Settings, store: LocalStor
 def test_document_operator_runs_one_batch(
     sqlite_settings: Settings, sqlite_db: Database, store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from operators.prelabel_documents import DocumentPrelabelOperator
+    from labelloop_airflow.prelabel_documents import DocumentPrelabelOperator
 
     monkeypatch.setenv("LABELLOOP_HOME", str(sqlite_settings.home))
     monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url)

@@ -420,7 +420,7 @@ def test_http_unreachable(sqlite_settings: Settings, store: LocalStore, spec: Ta
 
 
 def test_mineru_hook(monkeypatch: pytest.MonkeyPatch, sqlite_settings: Settings) -> None:
-    from operators.hooks.mineru import MinerUHook
+    from labelloop_airflow.hooks.mineru import MinerUHook
 
     assert MinerUHook("mineru_absent").apply(sqlite_settings) is sqlite_settings
     monkeypatch.setenv(

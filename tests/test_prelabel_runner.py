@@ -133,7 +133,7 @@ def test_item_ids_select_the_batch(
 def test_vllm_hook_reads_the_connection_and_falls_back_to_settings(
     monkeypatch: pytest.MonkeyPatch, vllm_server: VLLMTestServer
 ) -> None:
-    from operators.hooks.vllm import VLLMHook, base_url_of
+    from labelloop_airflow.hooks.vllm import VLLMHook, base_url_of
 
     base = Settings()
     monkeypatch.delenv("AIRFLOW_CONN_VLLM", raising=False)
@@ -160,7 +160,7 @@ def test_vllm_hook_reads_the_connection_and_falls_back_to_settings(
 def test_prelabel_operator_runs_one_batch_and_returns_stats(
     monkeypatch: pytest.MonkeyPatch, vllm_server: VLLMTestServer, sqlite_settings: Settings, tmp_path: Path
 ) -> None:
-    from operators.prelabel import PrelabelOperator
+    from labelloop_airflow.prelabel import PrelabelOperator
 
     db = Database(sqlite_settings.db)
     db.upgrade()

@@ -483,7 +483,7 @@ def test_label_studio_server_environment_is_scrubbed(monkeypatch: Any, tmp_path:
 
 
 def test_connection_url_forms() -> None:
-    from operators.hooks.label_studio import connection_url
+    from labelloop_airflow.hooks.label_studio import connection_url
 
     assert connection_url("http://ls:8080/", None, None) == "http://ls:8080"
     assert connection_url("https://ls.example.com", None, 8443) == "https://ls.example.com:8443"
@@ -496,8 +496,8 @@ def test_operators_and_sensor(
 ) -> None:
     import json
 
-    from operators.review import RouteAndImportOperator, SyncOperator
-    from operators.sensors import LabelStudioCompletedSensor
+    from labelloop_airflow.review import RouteAndImportOperator, SyncOperator
+    from labelloop_airflow.sensors import LabelStudioCompletedSensor
 
     prefix = f"op{uuid.uuid4().hex[:6]}"
     db_url = f"sqlite:///{tmp_path / 'curation.db'}"

@@ -27,7 +27,7 @@ SettingsFactory = Callable[[], "Settings"]
 
 
 def default_settings() -> Settings:
-    from operators.settings import airflow_settings
+    from labelloop_airflow.settings import airflow_settings
 
     return airflow_settings()
 

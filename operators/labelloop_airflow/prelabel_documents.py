@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.prelabel import PrelabelOperator
+from labelloop_airflow.prelabel import PrelabelOperator
 
 
 class DocumentPrelabelOperator(PrelabelOperator):

@@ -40,7 +40,7 @@ class LabelStudioCompletedSensor(BaseSensorOperator):
         from labelloop.review.client import client_from_settings
         from labelloop.review.sync import count_new_completed
         from labelloop.specs import SpecRegistry
-        from operators.review import review_settings
+        from labelloop_airflow.review import review_settings
 
         settings = review_settings(self.label_studio_conn_id)
         spec = SpecRegistry().get(self.spec)

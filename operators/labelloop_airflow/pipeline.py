@@ -69,7 +69,7 @@ class IngestOperator(BaseOperator):
         from labelloop.db import Database
         from labelloop.ingest import ingest
         from labelloop.storage import open_store
-        from operators.settings import airflow_settings
+        from labelloop_airflow.settings import airflow_settings
 
         if self.source in (None, "", "None"):
             raise AirflowSkipException("no source given: nothing to ingest")
@@ -103,7 +103,7 @@ class PlanPrelabelOperator(BaseOperator):
         from labelloop.prelabel.plan import plan_for
         from labelloop.specs import SpecRegistry
         from labelloop.storage import open_store
-        from operators.settings import airflow_settings
+        from labelloop_airflow.settings import airflow_settings
 
         settings = airflow_settings()
         db = Database(settings.db)

@@ -14,7 +14,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from operators.export import SettingsFactory, labelloop_env
+from labelloop_airflow.export import SettingsFactory, labelloop_env
 
 
 def _version_key(summary: dict[str, Any]) -> tuple[int, str]:

@@ -13,11 +13,11 @@ from labelloop.config import Settings
 
 #: "module:Hook" whose ``Hook().apply(settings)`` overlays its connection
 HOOKS = (
-    "operators.hooks.curation_db:CurationDBHook",
-    "operators.hooks.object_store:ObjectStoreHook",
-    "operators.hooks.vllm:VLLMHook",
-    "operators.hooks.mineru:MinerUHook",
-    "operators.hooks.label_studio:LabelStudioHook",
+    "labelloop_airflow.hooks.curation_db:CurationDBHook",
+    "labelloop_airflow.hooks.object_store:ObjectStoreHook",
+    "labelloop_airflow.hooks.vllm:VLLMHook",
+    "labelloop_airflow.hooks.mineru:MinerUHook",
+    "labelloop_airflow.hooks.label_studio:LabelStudioHook",
 )
 
 

@@ -23,7 +23,7 @@ class CalibrateOperator(BaseOperator):
         from labelloop.calibration.report import write_report
         from labelloop.db import Database
         from labelloop.storage import open_store
-        from operators.settings import airflow_settings
+        from labelloop_airflow.settings import airflow_settings
 
         settings = airflow_settings()
         db = Database(settings.db)

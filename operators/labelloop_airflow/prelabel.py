@@ -48,9 +48,9 @@ class PrelabelOperator(BaseOperator):
         from labelloop.prelabel.plan import resolve_backend_name
         from labelloop.specs import SpecRegistry
         from labelloop.storage import open_store
-        from operators.hooks.mineru import MinerUHook
-        from operators.hooks.vllm import VLLMHook
-        from operators.settings import airflow_settings
+        from labelloop_airflow.hooks.mineru import MinerUHook
+        from labelloop_airflow.hooks.vllm import VLLMHook
+        from labelloop_airflow.settings import airflow_settings
 
         spec = SpecRegistry().get(self.spec)
         name = resolve_backend_name(spec, self.backend)

@@ -18,8 +18,8 @@ from airflow.sdk import BaseOperator
 def review_settings(label_studio_conn_id: str) -> Any:
     """Environment defaults with every connection on top (curation DB, object store, Label
     Studio), the Label Studio one from ``label_studio_conn_id``."""
-    from operators.hooks.label_studio import LabelStudioHook
-    from operators.settings import airflow_settings
+    from labelloop_airflow.hooks.label_studio import LabelStudioHook
+    from labelloop_airflow.settings import airflow_settings
 
     settings = airflow_settings()
     if label_studio_conn_id != LabelStudioHook.default_conn_name:

@@ -1,0 +1,76 @@
+"""`labelloop calibrate` and `labelloop thresholds`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from labelloop.cli.app import Context, app, console, ensure_db, get_ctx, out
+
+# --------------------------------------------------------------------------- calibration
+
+
+@app.command()
+def calibrate(
+    ctx: typer.Context,
+    report: Annotated[bool, typer.Option(help="Write the HTML/PNG report to reports/calibration/.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Pick per-field auto-accept thresholds from the correction log (exit 3 on audit drift)."""
+    from labelloop.calibration import DriftDetected
+    from labelloop.calibration import calibrate as run_calibrate
+    from labelloop.calibration.report import write_report
+
+    c = get_ctx(ctx)
+    ensure_db(c)
+    try:
+        result = run_calibrate(c.db, c.settings.calibration, raise_on_drift=False)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    key = write_report(c.db, c.store, result, c.settings.calibration.target_error) if report else None
+    if as_json:
+        out.print_json(json.dumps({**result.as_dict(), "report": key}))
+    else:
+        _print_thresholds(c)
+        if key:
+            out.print(f"report: {c.store.uri(key)}")
+    if result.drift:
+        console.print(f"[red]{DriftDetected(result.drift)}[/red]")
+        raise typer.Exit(3)
+
+
+@app.command()
+def thresholds(ctx: typer.Context) -> None:
+    """Print the current auto-accept thresholds and the evidence behind them."""
+    c = get_ctx(ctx)
+    ensure_db(c)
+    _print_thresholds(c)
+
+
+def _print_thresholds(c: Context) -> None:
+    from labelloop.calibration import current_thresholds
+
+    with c.db.session() as s:
+        rows = sorted(current_thresholds(s).values(), key=lambda t: (t.spec, t.field, t.model, t.model_version))
+    table = Table(title="auto-accept thresholds (newest version per field)")
+    for col in ("spec.field", "model", "version", "threshold", "upper bound", "n", "target", "why"):
+        table.add_column(col)
+    for t in rows:
+        table.add_row(
+            f"{t.spec}.{t.field}",
+            f"{t.model} {t.model_version} #{t.prompt_hash[:8]}",
+            str(t.version),
+            "full review" if t.threshold is None else f"{t.threshold:.4f}",
+            "-" if t.upper_bound is None else f"{t.upper_bound:.4f}",
+            str(t.n_samples),
+            f"{t.target_error:.3f}",
+            t.reason,
+        )
+    if not rows:
+        out.print(f"no calibrated thresholds yet: every field uses the default {c.settings.routing.default_threshold}")
+    else:
+        out.print(table)

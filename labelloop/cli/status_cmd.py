@@ -1,0 +1,59 @@
+"""`labelloop status`: counts per pipeline stage."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from labelloop.cli.app import Context, app, ensure_db, get_ctx, out
+
+# --------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    rejects: Annotated[bool, typer.Option("--rejects", help="List rejected files with their reasons.")] = False,
+) -> None:
+    """Counts per pipeline stage and per reject reason."""
+    from labelloop.status import pipeline_status
+
+    c = get_ctx(ctx)
+    ensure_db(c)
+    st = pipeline_status(c.db)
+    if rejects:
+        st["reject_list"] = _reject_list(c)
+    if as_json:
+        out.print_json(json.dumps(st))
+        return
+    table = Table(title="labelloop status", show_header=True)
+    table.add_column("stage")
+    table.add_column("group")
+    table.add_column("count", justify="right")
+    for stage, value in st.items():
+        if stage == "reject_list":
+            continue
+        if isinstance(value, dict):
+            if not value:
+                table.add_row(stage, "-", "0")
+            for group, n in value.items():
+                table.add_row(stage, group, str(n))
+        else:
+            table.add_row(stage, "", str(value))
+    out.print(table)
+    for row in st.get("reject_list", []):
+        out.print(f"  {row['reason']:<20} {row['source_uri']}  ({row['detail']})")
+
+
+def _reject_list(c: Context) -> list[dict[str, str]]:
+    from sqlalchemy import select
+
+    from labelloop.db import Item, Reject
+
+    with c.db.session() as s:
+        rows = s.scalars(select(Reject).where(~Reject.sha256.in_(select(Item.sha256))).order_by(Reject.source_uri))
+        return [{"source_uri": r.source_uri, "reason": r.reason, "detail": r.detail} for r in rows]

@@ -1,1 +1,0 @@
-"""Custom Airflow operators for labelloop (thin wrappers around the labelloop library)."""
