@@ -1,7 +1,8 @@
 """Task specs are data: one YAML file per spec describes everything the pipeline needs.
 
 A spec names its media type, the prompt, the JSON schema of its record, the Label Studio label
-config (a file in ``label_config/``), each field's kind and comparison, and the export template.
+config (a file beside the spec or in its ``label_config/`` folder), each field's kind and comparison,
+and the export template.
 The generic code in ``labelloop.prelabel``, ``labelloop.review`` and ``labelloop.export`` reads
 these declarations, so a team adds a spec by adding one file (plus its label config) and no code.
 

@@ -52,9 +52,9 @@ class PrelabelOperator(BaseOperator):
         from labelloop_airflow.hooks.vllm import VLLMHook
         from labelloop_airflow.settings import airflow_settings
 
-        spec = SpecRegistry().get(self.spec)
-        name = resolve_backend_name(spec, self.backend)
         settings = airflow_settings()
+        spec = SpecRegistry.from_settings(settings).get(self.spec)
+        name = resolve_backend_name(spec, self.backend)
         if name == "vllm":
             settings = VLLMHook(self.vllm_conn_id).apply(settings)
         elif name == "mineru":
