@@ -44,7 +44,7 @@ class PrelabelOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from labelloop.db import Database
-        from labelloop.prelabel.factory import make_backend
+        from labelloop.prelabel.factory import default_concurrency, make_backend
         from labelloop.prelabel.plan import resolve_backend_name
         from labelloop.specs import SpecRegistry
         from labelloop.storage import open_store
@@ -62,9 +62,7 @@ class PrelabelOperator(BaseOperator):
         db = Database(settings.db)
         store = open_store(settings.storage)
         backend = make_backend(name, settings, store)
-        # vLLM takes `concurrency` requests at once; MinerU runs a few documents in parallel; the
-        # CPU backends are bound by this worker's cores
-        concurrency = self.concurrency or {"vllm": settings.vllm.concurrency, "mineru": 4}.get(name, 2)
+        concurrency = self.concurrency or default_concurrency(name, settings)
         item_ids = [int(i) for i in self.item_ids] if self.item_ids is not None else None
         limit = int(self.limit) if self.limit not in (None, "", "None") else None
         try:
