@@ -60,3 +60,61 @@ def test_shipped_label_configs_are_package_data() -> None:
     for spec in reg:
         path = reg.label_config_path(spec)
         assert path.parent == shipped_dir() / "label_config", path
+
+
+# --------------------------------------------------------------------------- the spec commands
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, code: int = 0) -> str:
+    from typer.testing import CliRunner
+
+    from labelloop.cli import app
+
+    r = CliRunner().invoke(app, list(args), env=env or {})
+    assert r.exit_code == code, f"{args}: exit {r.exit_code}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+@pytest.mark.parametrize("media", ["image", "document"])
+def test_spec_new_writes_a_skeleton_that_checks_and_lists(tmp_path: Path, media: str) -> None:
+    import json
+
+    folder = tmp_path / "team-specs"
+    env = {"LABELLOOP_SPECS__DIRS": str(folder), "LABELLOOP_HOME": str(tmp_path)}
+    _cli("spec", "new", "shelf_labels", "--media", media, env=env)
+    report = json.loads(_cli("spec", "check", str(folder / "shelf_labels.yaml"), "--json", env=env))
+    assert report["ok"] and not report["warnings"], report
+    assert any("export template renders" in p for p in report["passed"])
+    listed = json.loads(_cli("spec", "list", "--json", env=env))
+    mine = [s for s in listed["specs"] if s["name"] == "shelf_labels"]
+    assert mine and mine[0]["origin"] == "user" and mine[0]["media"] == media
+    _cli("spec", "new", "shelf_labels", env=env, code=2)  # never overwrites silently
+
+
+def test_spec_check_names_each_problem(tmp_path: Path) -> None:
+    import json
+
+    _cli("spec", "new", "broken", "--dir", str(tmp_path))
+    path = tmp_path / "broken.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["fields"]["lines"]["ls"]["from_name"] = "boxes"  # no such control
+    data["example"]["lines"][0]["bbox"] = [1, 2, 3]  # breaks the schema's minItems
+    path.write_text(yaml.safe_dump(data))
+    report = json.loads(_cli("spec", "check", str(path), "--json", code=1))
+    problems = " | ".join(report["problems"])
+    assert "from_name 'boxes' is no control" in problems
+    assert "example does not match json_schema at lines/0/bbox" in problems
+
+    data = yaml.safe_load(path.read_text())
+    data["fields"]["lines"]["ls"]["from_name"] = "bbox"
+    data["example"]["lines"][0]["bbox"] = [1, 2, 3, 4]
+    data["export"]["answer"] = "text:nowhere"  # a template that cannot render this record
+    path.write_text(yaml.safe_dump(data))
+    report = json.loads(_cli("spec", "check", str(path), "--json", code=1))
+    assert any("does not render the example" in p for p in report["problems"]), report
+
+    (tmp_path / "broken.xml").write_text("<View><Image name='image' value='$image'/><RectangleLabels")
+    data["export"]["answer"] = "json"
+    path.write_text(yaml.safe_dump(data))
+    report = json.loads(_cli("spec", "check", str(path), "--json", code=1))
+    assert any("label config does not parse" in p for p in report["problems"]), report

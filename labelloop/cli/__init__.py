@@ -13,6 +13,7 @@ from labelloop.cli import (  # noqa: F401  (register commands)
     prelabel_cmd,
     review_cmd,
     run_cmd,
+    spec_cmd,
     status_cmd,
 )
 from labelloop.cli.admin import settings_markdown

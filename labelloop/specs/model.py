@@ -92,6 +92,9 @@ class TaskSpec(BaseModel):
     export: ExportTemplate
     #: free-form options for backends (e.g. OCR plate regex, default labels)
     options: dict[str, Any] = Field(default_factory=dict)
+    #: a record as the model should answer, checked by `labelloop spec check` (schema, export
+    #: template, comparisons); optional, but a spec without one is only half checked
+    example: dict[str, Any] | None = None
 
     source_path: Path | None = Field(default=None, exclude=True)
 
