@@ -40,10 +40,12 @@ def build_settings() -> Settings:
 
 
 def spec_names() -> list[str]:
-    """Names of the installed task specs, for Param choices (read from YAML at parse time)."""
+    """Names of the shipped task specs and those in ``LABELLOOP_SPECS__DIRS``, for Param choices
+    (read from YAML at parse time; connections are not needed for this, so none are read)."""
+    from labelloop.config import Settings
     from labelloop.specs import SpecRegistry
 
-    return SpecRegistry().names()
+    return SpecRegistry.from_settings(Settings()).names()
 
 
 #: pre-label backends a DAG param may name ("cpu" = the offline backend for the spec's media)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -221,6 +222,30 @@ class CalibrationSettings(BaseModel):
     bound: Literal["wilson", "clopper_pearson"] = Field("wilson", description="Upper bound method.")
 
 
+class SpecSettings(BaseModel):
+    dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Extra folders of task specs, each holding NAME.yaml and the label config it names "
+        "(a JSON list, or paths joined by ':'); a spec here replaces a shipped one of the same name.",
+    )
+
+    @field_validator("dirs", mode="before")
+    @classmethod
+    def _split_paths(cls, v: Any) -> Any:
+        """Accept PATH-style strings too, as users type them into an environment variable."""
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [p for p in v.split(os.pathsep) if p]
+        return v
+
+    @field_validator("dirs")
+    @classmethod
+    def _expand(cls, v: list[Path]) -> list[Path]:
+        return [Path(os.path.expanduser(p)) for p in v]
+
+
 class Settings(BaseSettings):
     """Everything labelloop needs; sections mirror the pipeline stages."""
 
@@ -243,6 +268,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    specs: SpecSettings = Field(default_factory=SpecSettings)
 
     @field_validator("home")
     @classmethod

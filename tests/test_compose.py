@@ -496,13 +496,15 @@ def test_code_is_mounted_and_importable(compose: dict[str, Any]) -> None:
     env = env_dict(common)
     mounts = {v.split(":")[0]: v.split(":")[1] for v in common["volumes"]}
     pythonpath = env["PYTHONPATH"]
-    for folder in ("dags", "operators", "labelloop", "label_config", "sql"):
+    for folder in ("dags", "operators", "labelloop", "sql"):  # label configs are package data in labelloop/
         assert mounts.get(f"./{folder}") == f"{pythonpath}/{folder}", folder
+    assert "./label_config" not in mounts
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == mounts["./dags"]
     dockerfile = AIRFLOW_DOCKERFILE.read_text()
     assert re.search(r"^FROM apache/airflow:3\.3\.2-python3\.11\s*$", dockerfile, re.M)
     assert "-r /opt/labelloop/requirements/lock.txt" in dockerfile
     assert f"pip install --no-cache-dir --no-deps -e {pythonpath}" in dockerfile
+    assert re.search(r"^COPY .*\bsetup\.py\b.* /opt/labelloop/", dockerfile, re.M)  # the package layout
     assert (REPO / "requirements" / "lock.txt").is_file()
 
 

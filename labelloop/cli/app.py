@@ -10,7 +10,7 @@ import logging
 import os
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -46,6 +46,7 @@ class Context:
         self.settings = settings
         self._db = None
         self._store = None
+        self._registry = None
 
     @property
     def db(self):  # type: ignore[no-untyped-def]
@@ -62,6 +63,27 @@ class Context:
 
             self._store = open_store(self.settings.storage)
         return self._store
+
+    @property
+    def registry(self):  # type: ignore[no-untyped-def]
+        """The shipped specs plus those in ``LABELLOOP_SPECS__DIRS``; a broken spec folder is a usage error."""
+        if self._registry is None:
+            from labelloop.specs import SpecError, SpecRegistry
+
+            try:
+                self._registry = SpecRegistry.from_settings(self.settings)
+            except SpecError as e:
+                fail(ExitCode.USAGE, str(e))
+        return self._registry
+
+    def spec(self, name: str):  # type: ignore[no-untyped-def]
+        """The named spec, or exit 2 listing the known ones."""
+        from labelloop.specs import SpecError
+
+        try:
+            return self.registry.get(name)
+        except SpecError as e:
+            fail(ExitCode.USAGE, str(e))
 
 
 @app.callback()
@@ -82,6 +104,20 @@ def main(
     except Exception as e:
         console.print(f"[red]invalid settings:[/red] {e}")
         raise typer.Exit(2) from e
+
+
+class StepFailed(Exception):
+    """A step could not do its work; ``code`` is the exit code it means (see :class:`ExitCode`)."""
+
+    def __init__(self, code: ExitCode, message: str, result: dict | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.result = result or {}
+
+
+def fail(code: ExitCode, message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(int(code))
 
 
 def get_ctx(ctx: typer.Context) -> Context:

@@ -8,9 +8,41 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from labelloop.cli.app import app, console, ensure_db, get_ctx, out
+from labelloop.cli.app import Context, ExitCode, StepFailed, app, console, ensure_db, get_ctx, out
 
 # --------------------------------------------------------------------------- ingest
+
+
+def ingest_step(c: Context, source: str, *, limit: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """The same ``labelloop.ingest.ingest`` the Airflow ingest task runs; a missing source is exit 2."""
+    from labelloop.ingest import ingest as run_ingest
+    from labelloop.ingest import open_source
+
+    try:
+        src = open_source(source, c.settings.storage, c.settings.ingest.follow_symlinks)
+    except (FileNotFoundError, ValueError) as e:
+        raise StepFailed(ExitCode.USAGE, str(e)) from e
+    ensure_db(c)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]ingest[/bold] {task.fields[name]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("new {task.fields[new]} known {task.fields[known]} rejected {task.fields[rej]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=not show_progress,
+        disable=not show_progress,
+    ) as bar:
+        task = bar.add_task("ingest", total=limit, name="", new=0, known=0, rej=0)
+        counts = {"new": 0, "known": 0, "rej": 0}
+
+        def progress(f: Any, outcome: str) -> None:
+            counts["rej" if outcome.startswith("rejected") else outcome] += 1
+            bar.update(task, advance=1, name=f.uri.rsplit("/", 1)[-1][:40], **counts)
+
+        stats = run_ingest(c.db, c.store, c.settings, src, limit=limit, progress=progress)
+    return stats.as_dict()
 
 
 @app.command()
@@ -21,41 +53,22 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Register images and PDFs by content (sha256); bad files are recorded with a reason."""
-    from labelloop.ingest import ingest as run_ingest
-    from labelloop.ingest import open_source
-
     c = get_ctx(ctx)
     try:
-        src = open_source(source, c.settings.storage, c.settings.ingest.follow_symlinks)
-    except (FileNotFoundError, ValueError) as e:
+        stats = ingest_step(c, source, limit=limit, show_progress=not as_json)
+    except StepFailed as e:
         console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
-    ensure_db(c)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]ingest[/bold] {task.fields[name]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("new {task.fields[new]} known {task.fields[known]} rejected {task.fields[rej]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=as_json,
-        disable=as_json,
-    ) as bar:
-        task = bar.add_task("ingest", total=limit, name="", new=0, known=0, rej=0)
-        counts = {"new": 0, "known": 0, "rej": 0}
-
-        def progress(f: Any, outcome: str) -> None:
-            counts["rej" if outcome.startswith("rejected") else outcome] += 1
-            bar.update(task, advance=1, name=f.uri.rsplit("/", 1)[-1][:40], **counts)
-
-        stats = run_ingest(c.db, c.store, c.settings, src, limit=limit, progress=progress)
+        raise typer.Exit(int(e.code)) from e
     if as_json:
-        out.print_json(json.dumps(stats.as_dict()))
+        out.print_json(json.dumps(stats))
         return
+    print_ingest(stats)
+
+
+def print_ingest(stats: dict[str, Any]) -> None:
     out.print(
-        f"{stats.seen} files from {stats.source}: {stats.new_items} new items, {stats.known} already known "
-        f"({stats.new_aliases} new names), {stats.rejected} rejected, in {stats.seconds:.1f}s"
+        f"{stats['seen']} files from {stats['source']}: {stats['new_items']} new items, {stats['known']} already "
+        f"known ({stats['new_aliases']} new names), {stats['rejected']} rejected, in {stats['seconds']:.1f}s"
     )
-    for reason, n in sorted(stats.reject_reasons.items()):
+    for reason, n in sorted(stats["reject_reasons"].items()):
         out.print(f"  rejected {reason}: {n}")

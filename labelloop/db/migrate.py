@@ -13,9 +13,15 @@ MIGRATIONS_ENV = "LABELLOOP_MIGRATIONS_DIR"
 
 
 def migrations_dir() -> Path:
-    """``sql/migrations`` of the checkout (the package is installed editable / copied whole)."""
+    """``sql/migrations`` of a source checkout, else the copy a wheel installs as
+    ``labelloop.db.migrations`` (see setup.py); ``LABELLOOP_MIGRATIONS_DIR`` overrides both."""
     override = os.environ.get(MIGRATIONS_ENV)
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "sql" / "migrations"
+    if override:
+        path = Path(override)
+    else:
+        path = Path(__file__).resolve().parents[2] / "sql" / "migrations"
+        if not (path / "env.py").is_file():
+            path = Path(__file__).resolve().parent / "migrations"
     if not (path / "env.py").is_file():
         raise FileNotFoundError(f"Alembic migrations not found at {path}; set {MIGRATIONS_ENV}")
     return path

@@ -27,3 +27,9 @@ def make_backend(name: str, settings: Settings, store: ObjectStore) -> Backend:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)(settings, store)
+
+
+def default_concurrency(name: str, settings: Settings) -> int:
+    """Predictions in flight: vLLM takes ``vllm.concurrency`` requests at once, MinerU runs a few
+    documents in parallel, the CPU backends are bound by this machine's cores."""
+    return {"vllm": settings.vllm.concurrency, "mineru": 4}.get(name, 2)

@@ -112,7 +112,7 @@ def add_labels(label_config: str, control: str, labels: Iterable[str]) -> str:
     """``label_config`` with ``<Label value=.../>`` appended to ``control`` for missing labels.
 
     Text insertion rather than an XML rewrite keeps the file's comments and layout, so the stored
-    config stays diffable against the file in ``label_config/``.
+    config stays diffable against the spec's label config file.
     """
     have = set(control_labels(label_config, control))
     missing = [lab for lab in dict.fromkeys(labels) if lab and lab not in have]

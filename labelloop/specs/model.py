@@ -1,7 +1,8 @@
 """Task specs are data: one YAML file per spec describes everything the pipeline needs.
 
 A spec names its media type, the prompt, the JSON schema of its record, the Label Studio label
-config (a file in ``label_config/``), each field's kind and comparison, and the export template.
+config (a file beside the spec or in its ``label_config/`` folder), each field's kind and comparison,
+and the export template.
 The generic code in ``labelloop.prelabel``, ``labelloop.review`` and ``labelloop.export`` reads
 these declarations, so a team adds a spec by adding one file (plus its label config) and no code.
 
@@ -91,6 +92,9 @@ class TaskSpec(BaseModel):
     export: ExportTemplate
     #: free-form options for backends (e.g. OCR plate regex, default labels)
     options: dict[str, Any] = Field(default_factory=dict)
+    #: a record as the model should answer, checked by `labelloop spec check` (schema, export
+    #: template, comparisons); optional, but a spec without one is only half checked
+    example: dict[str, Any] | None = None
 
     source_path: Path | None = Field(default=None, exclude=True)
 

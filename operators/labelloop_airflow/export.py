@@ -72,8 +72,8 @@ class ValidateRecordsOperator(BaseOperator):
         from labelloop.specs import SpecRegistry
         from labelloop.validation import validate_spec
 
-        spec = SpecRegistry().get(self.spec)
         with labelloop_env(self.settings_factory) as (settings, db, store):
+            spec = SpecRegistry.from_settings(settings).get(self.spec)
             limit = _optional_float(self.max_failed_share)
             summary = validate_spec(db, store, settings, spec, max_failed_share=limit)
         self.log.info(
@@ -138,8 +138,8 @@ class ExportDatasetOperator(BaseOperator):
         from labelloop.specs import SpecRegistry
 
         summary = context["ti"].xcom_pull(task_ids=self.validate_task_id) or {}
-        spec = SpecRegistry().get(self.spec)
         with labelloop_env(self.settings_factory) as (settings, db, store):
+            spec = SpecRegistry.from_settings(settings).get(self.spec)
             try:
                 result = export_dataset(
                     db,

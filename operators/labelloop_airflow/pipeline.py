@@ -33,10 +33,11 @@ class CheckJobsOperator(BaseOperator):
         self.jobs = jobs
 
     def execute(self, context: Any) -> list[dict[str, str]]:
+        from labelloop.config import Settings
         from labelloop.prelabel.plan import resolve_backend_name
         from labelloop.specs import SpecError, SpecRegistry
 
-        registry = SpecRegistry()
+        registry = SpecRegistry.from_settings(Settings())  # spec folders come from the environment
         resolved = []
         for job in _jobs(self.jobs):
             try:
@@ -109,7 +110,7 @@ class PlanPrelabelOperator(BaseOperator):
         db = Database(settings.db)
         db.upgrade()
         store = open_store(settings.storage)
-        registry = SpecRegistry()
+        registry = SpecRegistry.from_settings(settings)
         limit = int(self.limit) if self.limit not in (None, "", "None") else None
         out: list[dict[str, Any]] = []
         try:

@@ -44,7 +44,7 @@ class PrelabelOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from labelloop.db import Database
-        from labelloop.prelabel.factory import make_backend
+        from labelloop.prelabel.factory import default_concurrency, make_backend
         from labelloop.prelabel.plan import resolve_backend_name
         from labelloop.specs import SpecRegistry
         from labelloop.storage import open_store
@@ -52,9 +52,9 @@ class PrelabelOperator(BaseOperator):
         from labelloop_airflow.hooks.vllm import VLLMHook
         from labelloop_airflow.settings import airflow_settings
 
-        spec = SpecRegistry().get(self.spec)
-        name = resolve_backend_name(spec, self.backend)
         settings = airflow_settings()
+        spec = SpecRegistry.from_settings(settings).get(self.spec)
+        name = resolve_backend_name(spec, self.backend)
         if name == "vllm":
             settings = VLLMHook(self.vllm_conn_id).apply(settings)
         elif name == "mineru":
@@ -62,9 +62,7 @@ class PrelabelOperator(BaseOperator):
         db = Database(settings.db)
         store = open_store(settings.storage)
         backend = make_backend(name, settings, store)
-        # vLLM takes `concurrency` requests at once; MinerU runs a few documents in parallel; the
-        # CPU backends are bound by this worker's cores
-        concurrency = self.concurrency or {"vllm": settings.vllm.concurrency, "mineru": 4}.get(name, 2)
+        concurrency = self.concurrency or default_concurrency(name, settings)
         item_ids = [int(i) for i in self.item_ids] if self.item_ids is not None else None
         limit = int(self.limit) if self.limit not in (None, "", "None") else None
         try:

@@ -65,9 +65,9 @@ class RouteAndImportOperator(BaseOperator):
         from labelloop.review.routing import route_predictions
         from labelloop.specs import SpecRegistry
 
-        registry = SpecRegistry()
-        spec = registry.get(self.spec)
         settings, db, store, ls = _context(self.label_studio_conn_id)
+        registry = SpecRegistry.from_settings(settings)
+        spec = registry.get(self.spec)
         try:
             routed = route_predictions(
                 db, settings.routing, spec, prediction_ids=self.prediction_ids, item_ids=self.item_ids
@@ -102,8 +102,8 @@ class SyncOperator(BaseOperator):
         from labelloop.review.sync import sync_project
         from labelloop.specs import SpecRegistry
 
-        spec = SpecRegistry().get(self.spec)
         settings, db, _store, ls = _context(self.label_studio_conn_id)
+        spec = SpecRegistry.from_settings(settings).get(self.spec)
         try:
             stats = sync_project(db, ls, settings, spec, detect_deleted=self.detect_deleted)
         finally:

@@ -43,7 +43,7 @@ class LabelStudioCompletedSensor(BaseSensorOperator):
         from labelloop_airflow.review import review_settings
 
         settings = review_settings(self.label_studio_conn_id)
-        spec = SpecRegistry().get(self.spec)
+        spec = SpecRegistry.from_settings(settings).get(self.spec)
         db = Database(settings.db)
         try:
             n = count_new_completed(db, client_from_settings(settings.label_studio), settings, spec)
