@@ -173,6 +173,31 @@ class LabelStudioSettings(BaseModel):
     )
 
 
+class PrelabelSettings(BaseModel):
+    """What a pre-label batch does when predictions fail (see docs/architecture.md, Faults)."""
+
+    max_attempts: int = Field(
+        5, ge=1, description="Runs that may try an item whose prediction failed for a transient reason."
+    )
+    retry_backoff_s: float = Field(
+        30.0,
+        ge=0,
+        description="Wait before a later run retries a transient failure; doubles with every attempt.",
+    )
+    max_transient_failure_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="The batch fails (task fails, CLI exits non-zero) when more of it failed for transient reasons.",
+    )
+    outage_after: int = Field(
+        10,
+        ge=1,
+        description="Consecutive transient failures after which the model server counts as down: "
+        "the batch stops taking items (they stay pending) and fails.",
+    )
+
+
 class RoutingSettings(BaseModel):
     default_threshold: float = Field(
         0.9, ge=0, le=1.0001, description="Per-field auto-accept threshold when none is calibrated."
@@ -183,6 +208,11 @@ class RoutingSettings(BaseModel):
     )
     audit_rate: float = Field(0.05, ge=0, le=1, description="Share of would-be auto-accepts sent to review as audit.")
     audit_salt: str = Field("labelloop-audit", description="Salt of the deterministic audit hash (change to resample).")
+    review_failures: bool = Field(
+        False,
+        description="Send failed predictions to Label Studio for labelling from scratch (the task says why "
+        "it has no pre-annotation); by default they wait for a retry instead.",
+    )
 
 
 class ExportSettings(BaseModel):
@@ -263,6 +293,7 @@ class Settings(BaseSettings):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     mineru: MinerUSettings = Field(default_factory=MinerUSettings)
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    prelabel: PrelabelSettings = Field(default_factory=PrelabelSettings)
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)

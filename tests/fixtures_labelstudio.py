@@ -193,6 +193,7 @@ def add_prediction(
             confidence_detail=detail or {},
             confidence=min(confidence.values()) if confidence and status == "ok" else None,
             error=None if status == "ok" else "model timed out",
+            failure_kind=None if status == "ok" else "transient",
         )
         s.add(pred)
         s.commit()

@@ -48,7 +48,7 @@ def test_missing_source_exits_2_with_message(env: dict[str, str], tmp_path: Path
 
 def test_db_upgrade_hides_password(env: dict[str, str]) -> None:
     r = CliRunner().invoke(app, ["db", "upgrade"], env=env)
-    assert r.exit_code == 0 and "revision 0001" in r.stdout
+    assert r.exit_code == 0 and "at revision 0" in r.stdout
 
 
 def test_config_show_masks_secrets(env: dict[str, str]) -> None:

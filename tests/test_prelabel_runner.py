@@ -67,8 +67,8 @@ def test_idempotent_storage_and_prompt_versions_on_both_databases(
 def test_a_batch_write_that_meets_a_concurrent_run_keeps_the_rest(
     db: Database, settings: Settings, vllm_server: VLLMTestServer, tmp_path: Path
 ) -> None:
-    """Results go in with one multi-row INSERT; when another run stored some of them meanwhile,
-    the batch is redone row by row and only those are skipped (SQLite and PostgreSQL)."""
+    """Results go in with one multi-row upsert; an ok prediction another run stored meanwhile is
+    kept (and counted as skipped), a failed one is replaced (SQLite and PostgreSQL)."""
     from labelloop.prelabel.base import PredictionResult
     from labelloop.prelabel.runner import _store_results
 
@@ -77,11 +77,20 @@ def test_a_batch_write_that_meets_a_concurrent_run_keeps_the_rest(
     items = list(ingest_images(db, store, settings, tmp_path / "in", _images(4, seed=30)).values())
     backend = VLLMBackend(settings, store)
     ok = PredictionResult(status="ok", record={"caption": "x"}, field_confidence={"caption": 0.9}, latency_ms=1.0)
-    assert _store_results(db, CAPTION, backend, [(items[1], ok)]) == 0  # the "other run"
-    assert _store_results(db, CAPTION, backend, [(it, ok) for it in items]) == 1
-    rows = predictions(db, spec="caption")
-    assert sorted(r.item_id for r in rows) == sorted(it.id for it in items)
-    assert all(r.record == {"caption": "x"} and r.confidence == 0.9 and r.created_at for r in rows)
+    other = PredictionResult(status="ok", record={"caption": "y"}, field_confidence={"caption": 0.8})
+    down = PredictionResult.failed("connection refused", kind="transient")
+    assert _store_results(db, CAPTION, backend, [(items[1], other), (items[2], down)]) == 0  # the "other run"
+    assert _store_results(db, CAPTION, backend, [(it, ok) for it in items], attempts={items[2].id: 1}) == 1
+    rows = {r.item_id: r for r in predictions(db, spec="caption")}
+    assert sorted(rows) == sorted(it.id for it in items)
+    assert rows[items[1].id].record == {"caption": "y"}, "an ok prediction is never overwritten"
+    retried = rows[items[2].id]
+    assert (retried.status, retried.attempts, retried.error, retried.failure_kind) == ("ok", 2, None, None)
+    assert all(
+        r.record == {"caption": "x"} and r.confidence == 0.9 and r.created_at
+        for i, r in rows.items()
+        if i != items[1].id
+    )
 
 
 def test_concurrency_fills_the_server_and_never_exceeds_the_bound(

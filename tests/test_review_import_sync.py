@@ -367,12 +367,15 @@ def test_failed_prediction_is_reviewed_from_scratch(
     item = review_data.add_image_item(db, None, 21)
     failed = review_data.add_prediction(db, VEHICLE, item, None, {}, status="failed")
     route_predictions(db, RoutingSettings(audit_rate=1.0), VEHICLE, prediction_ids=confident)
-    route_predictions(db, settings.routing, VEHICLE, prediction_ids=[failed.id])
+    assert route_predictions(db, settings.routing, VEHICLE, prediction_ids=[failed.id]).considered == 0
+    by_hand = settings.routing.model_copy(update={"review_failures": True})
+    route_predictions(db, by_hand, VEHICLE, prediction_ids=[failed.id])
     _import(settings, db, ls, store)
     audit_task, failed_task = _review_tasks(db)
     assert audit_task.route == "audit"
-    assert failed_task.reason == "prediction failed: model timed out"
+    assert failed_task.reason == "prediction failed (transient, 1 attempt(s)): model timed out"
     task = ls.tasks.get(id=str(failed_task.ls_task_id))
+    assert task.data["labelloop_note"] == f"No pre-annotation: {failed_task.reason}"
     assert task.predictions[0].score == 0.0 and task.predictions[0].result == []  # first in the queue
     nxt = httpx.get(
         f"{label_studio.url}/api/projects/{failed_task.ls_project_id}/next",

@@ -138,14 +138,17 @@ def test_thresholds_decide_review_with_readable_reasons(sqlite_db: Database, spe
         thresholds={"vehicle_extraction.brand": 0.4, "vehicle_extraction.vehicle_box": 1.5}, audit_rate=0.0
     )
     stats = route_predictions(db, routing, spec)
-    assert (stats.review, stats.auto, stats.audit) == (4, 0, 0)
+    assert (stats.review, stats.auto, stats.audit) == (3, 0, 0), "a failed prediction waits for its retry"
+    assert p_failed.id not in {t.prediction_id for t in _tasks(db)}
+    by_hand = route_predictions(db, routing.model_copy(update={"review_failures": True}), spec)
+    assert (by_hand.considered, by_hand.review) == (1, 1)
     by_pred = {t.prediction_id: t for t in _tasks(db)}
     reason = by_pred[p_unsure.id].reason
     assert "plate_number 0.620 < 0.900 (default)" in reason
     assert "brand 0.100 < 0.400 (settings)" in reason
     assert "vehicle_box is always reviewed" in reason
     assert "brand" not in by_pred[p_brand_only.id].reason  # 0.5 passes the settings' 0.4
-    assert by_pred[p_failed.id].reason == "prediction failed: model timed out"
+    assert by_pred[p_failed.id].reason == "prediction failed (transient, 1 attempt(s)): model timed out"
     assert by_pred[p_conf.id].reason == "below threshold: vehicle_box is always reviewed (threshold 1.5)"
     evidence = by_pred[p_unsure.id].decision
     assert evidence["plate_number"] == {
@@ -278,7 +281,7 @@ def test_a_concurrent_router_wins_and_nothing_is_routed_twice(pg_url: str, spec:
     preds = _predict(db, spec, _items(db, 4), CONFIDENT, review_data)
     routing = RoutingSettings(audit_rate=0.0)
     with db.session() as s:
-        stale = [(p, it) for p, it in s.execute(_unrouted(spec).order_by(Prediction.id))]
+        stale = [(p, it) for p, it in s.execute(_unrouted(spec, routing).order_by(Prediction.id))]
         # meanwhile another worker routes two of the same predictions
         route_predictions(db, routing, spec, prediction_ids=[preds[0].id, preds[2].id])
         stats = RoutingStats(spec=spec.name)

@@ -2,12 +2,14 @@
 
 from labelloop.db.models import (
     Annotation,
+    AnnotationReject,
     Base,
     DatasetVersion,
     DatasetVersionRecord,
     FieldCorrection,
     Item,
     ItemAlias,
+    LabelStudioProject,
     Prediction,
     Quarantine,
     Record,
@@ -22,6 +24,7 @@ from labelloop.db.session import Database
 
 __all__ = [
     "Annotation",
+    "AnnotationReject",
     "Base",
     "Database",
     "DatasetVersion",
@@ -29,6 +32,7 @@ __all__ = [
     "FieldCorrection",
     "Item",
     "ItemAlias",
+    "LabelStudioProject",
     "Prediction",
     "Quarantine",
     "Record",

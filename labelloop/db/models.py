@@ -143,6 +143,13 @@ class Prediction(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    #: failed only: "transient" (connection, timeout, 429, 5xx: later runs retry it) or
+    #: "permanent" (bad output, unreadable file: retried after a prompt/model change or on request)
+    failure_kind: Mapped[str | None] = mapped_column(String(16))
+    #: how many runs tried this identity (a retry updates the failed row in place)
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: transient failures: not retried before this time (exponential backoff between runs)
+    retry_after: Mapped[dt.datetime | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     item: Mapped[Item] = relationship()
@@ -233,6 +240,45 @@ class FieldCorrection(Base):
     #: the comparison's figure: edit distance ratio, 1 - IoU, 0/1 for exact
     distance: Mapped[float | None] = mapped_column(Float)
     is_latest: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AnnotationReject(Base):
+    """A Label Studio annotation that could not become a record, and why.
+
+    Keyed like :class:`Annotation` (one row per annotation version), so a re-read version is not
+    recorded twice and a corrected version syncs normally. Never a record, never a correction.
+    """
+
+    __tablename__ = "annotation_rejects"
+    __table_args__ = (UniqueConstraint("ls_annotation_id", "ls_updated_at", name="uq_annotation_rejects_ls_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[str] = mapped_column(String(64), index=True)
+    ls_project_id: Mapped[int] = mapped_column(Integer)
+    ls_task_id: Mapped[int] = mapped_column(Integer)
+    ls_annotation_id: Mapped[int] = mapped_column(Integer)
+    ls_updated_at: Mapped[dt.datetime] = mapped_column()
+    review_task_id: Mapped[int | None] = mapped_column(ForeignKey("review_tasks.id", ondelete="CASCADE"))
+    annotator: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    result: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LabelStudioProject(Base):
+    """The Label Studio project a title maps to, stored once it is found or created.
+
+    Project identity by stored id, not by title: a second project with the same title (made by
+    hand, or by an importer that raced before this table existed) never takes over.
+    """
+
+    __tablename__ = "ls_projects"
+
+    title: Mapped[str] = mapped_column(String(255), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    spec: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

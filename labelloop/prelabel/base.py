@@ -2,7 +2,9 @@
 
 Backends (vLLM/Qwen-VL, RapidOCR, MinerU, the pymupdf layout backend) turn one item's bytes into a
 :class:`PredictionResult`. They never raise for a bad item: a model error, an unparsable answer
-or a timeout becomes ``status="failed"`` with a reason, and the item goes to review.
+or a timeout becomes ``status="failed"`` with a reason and a kind: ``transient`` (the server was
+unreachable, timed out, said 429 or 5xx: a later run retries it) or ``permanent`` (the answer or
+the file is bad: retried only after a prompt/model change or on request).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from typing import Any
 
 from labelloop.db.models import Item
 from labelloop.specs import TaskSpec
+
+FAILURE_TRANSIENT = "transient"
+FAILURE_PERMANENT = "permanent"
+FAILURE_KINDS = (FAILURE_TRANSIENT, FAILURE_PERMANENT)
 
 
 @dataclass
@@ -27,6 +33,8 @@ class PredictionResult:
     latency_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: failed only: FAILURE_TRANSIENT or FAILURE_PERMANENT
+    failure_kind: str | None = None
 
     @property
     def confidence(self) -> float | None:
@@ -36,8 +44,14 @@ class PredictionResult:
         return min(self.field_confidence.values())
 
     @classmethod
-    def failed(cls, reason: str, **kw: Any) -> PredictionResult:
-        return cls(status="failed", error=reason, **kw)
+    def failed(cls, reason: str, *, kind: str = "permanent", **kw: Any) -> PredictionResult:
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {kind!r}")
+        return cls(status="failed", error=reason, failure_kind=kind, **kw)
+
+    @property
+    def transient(self) -> bool:
+        return self.status != "ok" and self.failure_kind == FAILURE_TRANSIENT
 
 
 class Backend(abc.ABC):

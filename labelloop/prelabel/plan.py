@@ -7,7 +7,7 @@ still missing, and a nightly run's work grows with what changed, not with the co
 
 from __future__ import annotations
 
-from labelloop.config import Settings
+from labelloop.config import PrelabelSettings, Settings
 from labelloop.db import Database
 from labelloop.prelabel.base import Backend
 from labelloop.prelabel.factory import CPU_DEFAULTS, make_backend
@@ -34,13 +34,19 @@ def resolve_backend_name(spec: TaskSpec, backend: str) -> str:
 
 
 def plan_batches(
-    db: Database, spec: TaskSpec, backend: Backend, batch_size: int, limit: int | None = None
+    db: Database,
+    spec: TaskSpec,
+    backend: Backend,
+    batch_size: int,
+    limit: int | None = None,
+    policy: PrelabelSettings | None = None,
 ) -> list[list[int]]:
+    """Batches of the items still to predict: missing, or failed and due for a retry."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     batches: list[list[int]] = []
     current: list[int] = []
-    for item in iter_pending_items(db, spec, backend, limit=limit):
+    for item in iter_pending_items(db, spec, backend, limit=limit, policy=policy):
         current.append(item.id)
         if len(current) >= batch_size:
             batches.append(current)
@@ -65,6 +71,6 @@ def plan_for(
     name = resolve_backend_name(spec, backend)
     be = make_backend(name, settings, store)
     try:
-        return name, plan_batches(db, spec, be, batch_size, limit)
+        return name, plan_batches(db, spec, be, batch_size, limit, settings.prelabel)
     finally:
         asyncio.run(be.aclose())

@@ -10,6 +10,7 @@ predicts only what is missing and never duplicates.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import itertools
 import logging
@@ -19,14 +20,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, exists, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from labelloop.db import Database, Item, Prediction
-from labelloop.prelabel.base import Backend, PredictionResult
+from labelloop.config import PrelabelSettings
+from labelloop.db import Database, Item, Prediction, ReviewTask
+from labelloop.db.types import utcnow
+from labelloop.prelabel.base import FAILURE_PERMANENT, FAILURE_TRANSIENT, Backend, PredictionResult
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore
+from labelloop.storage.base import ObjectNotFound
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,14 @@ class PrelabelStats:
     considered: int = 0
     ok: int = 0
     failed: int = 0
+    #: failures the next runs retry (connection, timeout, 429, 5xx) and the rest
+    transient: int = 0
+    permanent: int = 0
+    #: items that had a failed prediction before this run (retries)
+    retried: int = 0
     already_done: int = 0
+    #: why the run stopped taking items (the model server looked down), or None
+    stopped_early: str | None = None
     seconds: float = 0.0
     failures: list[tuple[int, str]] = field(default_factory=list)
 
@@ -51,21 +61,81 @@ class PrelabelStats:
             "considered": self.considered,
             "ok": self.ok,
             "failed": self.failed,
+            "transient": self.transient,
+            "permanent": self.permanent,
+            "retried": self.retried,
             "already_done": self.already_done,
+            "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 3),
             "failures": [{"item_id": i, "reason": r} for i, r in self.failures[:50]],
         }
 
 
-def _missing_clause(spec: TaskSpec, backend: Backend):  # type: ignore[no-untyped-def]
-    return ~exists().where(
-        and_(
-            Prediction.item_id == Item.id,
-            Prediction.spec == spec.name,
-            Prediction.model == backend.model,
-            Prediction.model_version == backend.model_version,
-            Prediction.prompt_hash == backend.prompt_hash(spec),
+class PrelabelBatchError(RuntimeError):
+    """The batch's output is missing for a reason outside the items: the model server (or the
+    store) was down or failing. Everything that finished is stored; a rerun retries the rest."""
+
+    def __init__(self, message: str, stats: PrelabelStats) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
+def check_batch(stats: PrelabelStats, policy: PrelabelSettings) -> None:
+    """Raise :class:`PrelabelBatchError` when the batch must fail loudly (see PrelabelSettings)."""
+    where = f"pre-label {stats.spec} with {stats.model} ({stats.model_version})"
+    first = f"; first failure: item {stats.failures[0][0]}: {stats.failures[0][1]}" if stats.failures else ""
+    if stats.stopped_early:
+        raise PrelabelBatchError(
+            f"{where}: stopped early, {stats.stopped_early}; {stats.ok} ok, {stats.failed} failed, the rest stay "
+            f"pending and a rerun retries them{first}",
+            stats,
         )
+    if stats.considered and stats.transient / stats.considered > policy.max_transient_failure_share:
+        raise PrelabelBatchError(
+            f"{where}: {stats.transient} of {stats.considered} items failed for transient reasons "
+            f"(more than {policy.max_transient_failure_share:.0%}); a rerun retries them{first}",
+            stats,
+        )
+
+
+def _identity(spec: TaskSpec, backend: Backend, prompt_hash: str):  # type: ignore[no-untyped-def]
+    return and_(
+        Prediction.item_id == Item.id,
+        Prediction.spec == spec.name,
+        Prediction.model == backend.model,
+        Prediction.model_version == backend.model_version,
+        Prediction.prompt_hash == prompt_hash,
+    )
+
+
+def _due(policy: PrelabelSettings, retry_failed: bool):  # type: ignore[no-untyped-def]
+    """Failed predictions this run predicts again: never one a person is reviewing by hand
+    (``routing.review_failures``); transient ones below the attempt limit once their backoff
+    is over; with ``retry_failed`` every failed one."""
+    not_in_review = ~exists().where(ReviewTask.prediction_id == Prediction.id)
+    if retry_failed:
+        return and_(Prediction.status == "failed", not_in_review)
+    return and_(
+        Prediction.status == "failed",
+        not_in_review,
+        Prediction.failure_kind == FAILURE_TRANSIENT,
+        Prediction.attempts < policy.max_attempts,
+        or_(Prediction.retry_after.is_(None), Prediction.retry_after <= utcnow()),
+    )
+
+
+def _pending_stmt(spec: TaskSpec, backend: Backend, policy: PrelabelSettings, retry_failed: bool, *cols):  # type: ignore[no-untyped-def]
+    """Items of the spec's media without this identity's prediction, or with a failed one that is due.
+
+    An outer join on the identity (unique, so one row at most per item), not ``NOT EXISTS``, so
+    the previous attempt count comes along for the retry's backoff.
+    """
+    ident = _identity(spec, backend, backend.prompt_hash(spec))
+    return (
+        select(*cols)
+        .select_from(Item)
+        .outerjoin(Prediction, ident)
+        .where(Item.media_type == spec.media, or_(Prediction.id.is_(None), _due(policy, retry_failed)))
     )
 
 
@@ -77,39 +147,81 @@ def iter_pending_items(
     item_ids: Sequence[int] | None = None,
     limit: int | None = None,
     page: int = 500,
+    policy: PrelabelSettings | None = None,
+    retry_failed: bool = False,
+    attempts: dict[int, int] | None = None,
 ) -> Iterator[Item]:
-    """Items of the spec's media type without this backend's prediction, in id order, paged."""
+    """Items to predict (see :func:`_pending_stmt`), in id order, paged.
+
+    ``attempts`` (if given) is filled with the attempt count of each yielded item's failed
+    prediction, for items that are retried.
+    """
+    policy = policy or PrelabelSettings()
     last_id = 0
     yielded = 0
     while True:
         stmt = (
-            select(Item)
-            .where(Item.media_type == spec.media, Item.id > last_id, _missing_clause(spec, backend))
+            _pending_stmt(spec, backend, policy, retry_failed, Item, Prediction.attempts)
+            .where(Item.id > last_id)
             .order_by(Item.id)
             .limit(page)
         )
         if item_ids is not None:
             stmt = stmt.where(Item.id.in_(item_ids))
         with db.session() as s:
-            batch = list(s.scalars(stmt))
+            batch = list(s.execute(stmt))
         if not batch:
             return
-        for it in batch:
+        for it, tried in batch:
+            if attempts is not None and tried is not None:
+                attempts[it.id] = int(tried)
             yield it
             yielded += 1
             if limit is not None and yielded >= limit:
                 return
-        last_id = batch[-1].id
+        last_id = batch[-1][0].id
 
 
-def count_pending(db: Database, spec: TaskSpec, backend: Backend, item_ids: Sequence[int] | None = None) -> int:
+def count_pending(
+    db: Database,
+    spec: TaskSpec,
+    backend: Backend,
+    item_ids: Sequence[int] | None = None,
+    *,
+    policy: PrelabelSettings | None = None,
+    retry_failed: bool = False,
+) -> int:
     from sqlalchemy import func
 
-    stmt = select(func.count(Item.id)).where(Item.media_type == spec.media, _missing_clause(spec, backend))
+    stmt = _pending_stmt(spec, backend, policy or PrelabelSettings(), retry_failed, func.count(Item.id))
     if item_ids is not None:
         stmt = stmt.where(Item.id.in_(item_ids))
     with db.session() as s:
         return int(s.scalar(stmt) or 0)
+
+
+_IDENTITY_COLUMNS = ("item_id", "spec", "model", "model_version", "prompt_hash")
+
+
+def _upsert(db: Database):  # type: ignore[no-untyped-def]
+    """INSERT of predictions that replaces a *failed* row of the same identity (a retry) and
+    leaves an ok one alone (another run got there first); RETURNING says which rows were written.
+
+    Dialect inserts because ON CONFLICT is not portable SQL; both SQLite (3.35+) and PostgreSQL
+    support it with RETURNING, in one multi-row statement.
+    """
+    if db.dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    stmt = dialect_insert(Prediction)
+    table = Prediction.__table__
+    keep = (*_IDENTITY_COLUMNS, "id", "created_at")
+    return stmt.on_conflict_do_update(
+        index_elements=list(_IDENTITY_COLUMNS),
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keep},
+        where=table.c.status == "failed",
+    ).returning(table.c.id)
 
 
 def _store_results(
@@ -118,41 +230,49 @@ def _store_results(
     backend: Backend,
     results: list[tuple[Item, PredictionResult]],
     prompt_hash: str | None = None,
+    *,
+    attempts: dict[int, int] | None = None,
+    policy: PrelabelSettings | None = None,
 ) -> int:
-    """Insert predictions; an identity that already exists (a concurrent run) is skipped.
+    """Store predictions in one multi-row upsert; returns how many were skipped because another
+    run had stored an ok prediction of that identity meanwhile.
 
-    One multi-row INSERT in one transaction, the common case; only when that hits a unique
-    violation (another run stored some of these meanwhile) is the batch redone row by row in
-    savepoints, skipping the rows that exist. A flush runs in a worker thread while the event
-    loop keeps the model server busy, and every millisecond of Python it spends holding the GIL
-    is taken from that loop: per-row ORM flushes and savepoints cost about ten times as much.
+    One statement in one transaction: a flush runs in a worker thread while the event loop keeps
+    the model server busy, and every millisecond of Python it spends holding the GIL is taken
+    from that loop (per-row ORM flushes cost about ten times as much).
     """
     phash = prompt_hash or backend.prompt_hash(spec)
-    rows = [_row_values(item, spec, backend, res, phash) for item, res in results]
+    policy = policy or PrelabelSettings()
+    attempts = attempts or {}
+    now = utcnow()
+    rows = [
+        _row_values(item, spec, backend, res, phash, attempts.get(item.id, 0) + 1, policy, now) for item, res in results
+    ]
     if not rows:
         return 0
-    stmt = insert(Prediction)
-    try:
-        with db.session() as s:
-            s.execute(stmt, rows)
-            s.commit()
-        return 0
-    except IntegrityError:
-        pass  # rolled back; redo row by row below
-    skipped = 0
     with db.session() as s:
-        for values in rows:
-            try:
-                with s.begin_nested():
-                    s.execute(stmt, [values])
-            except IntegrityError:
-                skipped += 1
+        written = len(s.execute(_upsert(db), rows).all())
         s.commit()
-    return skipped
+    return len(rows) - written
 
 
-def _row_values(item: Item, spec: TaskSpec, backend: Backend, res: PredictionResult, prompt_hash: str) -> dict:
-    """The prediction row's column values (column defaults fill ``created_at``)."""
+def _row_values(
+    item: Item,
+    spec: TaskSpec,
+    backend: Backend,
+    res: PredictionResult,
+    prompt_hash: str,
+    attempt: int = 1,
+    policy: PrelabelSettings | None = None,
+    now: dt.datetime | None = None,
+) -> dict:
+    """The prediction row's column values (``created_at`` is the first attempt's)."""
+    policy = policy or PrelabelSettings()
+    failed = res.status != "ok"
+    kind = (res.failure_kind or FAILURE_PERMANENT) if failed else None
+    retry_after = None
+    if kind == FAILURE_TRANSIENT:
+        retry_after = (now or utcnow()) + dt.timedelta(seconds=policy.retry_backoff_s * 2 ** (attempt - 1))
     return {
         "item_id": item.id,
         "spec": spec.name,
@@ -170,6 +290,10 @@ def _row_values(item: Item, spec: TaskSpec, backend: Backend, res: PredictionRes
         "latency_ms": res.latency_ms,
         "prompt_tokens": res.prompt_tokens,
         "completion_tokens": res.completion_tokens,
+        "failure_kind": kind,
+        "attempts": attempt,
+        "retry_after": retry_after,
+        "created_at": now or utcnow(),
     }
 
 
@@ -217,7 +341,9 @@ def _read_items(items: Iterator[Item], store: ObjectStore, n: int) -> list[_Load
 
 async def _predict_one(backend: Backend, spec: TaskSpec, item: Item, data: bytes | Exception) -> PredictionResult:
     if isinstance(data, Exception):
-        return PredictionResult.failed(f"could not read {item.storage_key}: {data}")
+        # a lost blob fails every attempt (permanent); the store being down or throttling is not
+        kind = FAILURE_PERMANENT if isinstance(data, ObjectNotFound) else FAILURE_TRANSIENT
+        return PredictionResult.failed(f"could not read {item.storage_key} from the object store: {data}", kind=kind)
     t0 = time.perf_counter()
     try:
         res = await backend.predict(item, data, spec)
@@ -240,6 +366,9 @@ async def run_prelabel(
     concurrency: int = 8,
     flush_every: int = 50,
     progress: Callable[[int, PredictionResult], None] | None = None,
+    policy: PrelabelSettings | None = None,
+    retry_failed: bool = False,
+    check: bool = True,
 ) -> PrelabelStats:
     """Predict every pending item with at most ``concurrency`` predictions in flight.
 
@@ -251,14 +380,26 @@ async def run_prelabel(
     ones in flight), so a worker never waits for a database page or an object read; results are
     written by one background write at a time. Memory is bounded by the concurrency, not by the
     number of items.
+
+    Failed predictions that are due (see :func:`_pending_stmt`; all of them with
+    ``retry_failed``) are predicted again and their rows updated in place. After
+    ``policy.outage_after`` transient failures in a row the run stops taking items (the server
+    is down: burning every item would only push them all to the next run's backoff). With
+    ``check`` the run then raises :class:`PrelabelBatchError` (see :func:`check_batch`), after
+    storing everything that finished.
     """
+    policy = policy or PrelabelSettings()
     if not backend.supports(spec):
         raise ValueError(f"backend {backend.name!r} does not support spec {spec.name!r}")
     stats = PrelabelStats(spec=spec.name, model=backend.model, model_version=backend.model_version)
     prompt_hash = backend.prompt_hash(spec)  # hashes the prompt and schema: once per run, not per row
     t0 = time.perf_counter()
     pending: list[tuple[Item, PredictionResult]] = []
-    items = iter_pending_items(db, spec, backend, item_ids=item_ids, limit=limit)
+    attempts: dict[int, int] = {}
+    items = iter_pending_items(
+        db, spec, backend, item_ids=item_ids, limit=limit, policy=policy, retry_failed=retry_failed, attempts=attempts
+    )
+    in_a_row = 0  # transient failures since the last answer
     chunk = max(1, min(concurrency, 32))  # items read per worker-thread hop
     ready: deque[_Loaded] = deque()
     reading: asyncio.Task[list[_Loaded]] | None = None
@@ -298,7 +439,11 @@ async def run_prelabel(
         if pending and writing is None:
             batch = pending[:]
             pending.clear()
-            writing = asyncio.create_task(asyncio.to_thread(_store_results, db, spec, backend, batch, prompt_hash))
+            writing = asyncio.create_task(
+                asyncio.to_thread(
+                    _store_results, db, spec, backend, batch, prompt_hash, attempts=attempts, policy=policy
+                )
+            )
 
     async def write_all() -> None:
         nonlocal writing
@@ -309,16 +454,28 @@ async def run_prelabel(
             write_pending()
 
     async def worker() -> None:
-        while (loaded := await next_item()) is not None:
+        nonlocal in_a_row
+        while stats.stopped_early is None and (loaded := await next_item()) is not None:
             item, data = loaded
             stats.considered += 1
+            stats.retried += item.id in attempts
             res = await _predict_one(backend, spec, item, data)
             if res.status == "ok":
                 stats.ok += 1
+                in_a_row = 0
             else:
                 stats.failed += 1
+                if res.transient:
+                    stats.transient += 1
+                    in_a_row += 1
+                else:
+                    stats.permanent += 1
+                    in_a_row = 0  # the server answered
                 stats.failures.append((item.id, res.error or "failed"))
-                log.warning("item %s (%s) failed: %s", item.id, item.sha256[:12], res.error)
+                log.warning("item %s (%s) failed (%s): %s", item.id, item.sha256[:12], res.failure_kind, res.error)
+                if in_a_row >= policy.outage_after and stats.stopped_early is None:
+                    stats.stopped_early = f"{in_a_row} transient failures in a row (last: {res.error})"
+                    log.error("%s: %s; not taking more items", spec.name, stats.stopped_early)
             pending.append((item, res))
             if progress:
                 progress(item.id, res)
@@ -341,6 +498,8 @@ async def run_prelabel(
                     reading.exception()  # retrieved; after a failure elsewhere it is moot
             await write_all()  # whatever finished is stored, even if the run is failing
     stats.seconds = time.perf_counter() - t0
+    if check:
+        check_batch(stats, policy)
     return stats
 
 

@@ -118,13 +118,16 @@ def build_task(
     data: dict[str, Any] = {"image": media.url(key), "external_id": rt.external_id, "item": item.sha256}
     if spec.media == "document":
         data["page"] = rt.page
+    if pred.status != "ok":  # only with routing.review_failures: say why the task is empty
+        data["labelloop_note"] = f"No pre-annotation: {rt.reason}"
     view = convert.task_view(spec, pred.record, rt.page) if pred.status == "ok" else {}
     size = task_size(spec, item, pred, rt.page)
     result = convert.to_result(spec, view, size, field_scores(spec, pred)) if view and size else []
     task = {
         "data": data,
         "meta": {"route": rt.route, "prediction_id": pred.id, "item_id": item.id, "page": rt.page},
-        # a failed prediction still gets an (empty) prediction: score 0 puts it first in the queue
+        # a failed prediction (routed only with routing.review_failures) gets an empty one:
+        # score 0 puts it first in the queue
         "predictions": [
             {
                 "model_version": pred.model_version,

@@ -15,6 +15,10 @@ the content (not a row id) makes the sample reproducible across databases and re
 independent of confidence, which is what makes the audited error rate an unbiased estimate of the
 auto-accept error rate that calibration bounds.
 
+A failed prediction is not routed at all unless ``routing.review_failures`` says so (then it is
+a review task labelled from scratch, whose Label Studio task says why it has no pre-annotation):
+by default it waits for the pre-label runner to retry it.
+
 Every decision is stored once, as ``review_tasks`` rows (one per page for documents, page 0 for
 images) keyed by (prediction, page): rerunning routing skips predictions that already have rows, so
 decisions never change after the fact, even if thresholds did. An auto-accepted item also gets its
@@ -162,7 +166,8 @@ def decide(
         else:
             failing.append(f"{name} {conf:.3f} < {t.threshold:.3f} ({t.source})")
     if pred.status != "ok":
-        return Decision(ROUTE_REVIEW, f"prediction failed: {pred.error or 'no reason given'}", evidence, version)
+        reason = f"prediction failed ({pred.failure_kind or 'permanent'}, {pred.attempts or 1} attempt(s)): "
+        return Decision(ROUTE_REVIEW, reason + (pred.error or "no reason given"), evidence, version)
     if failing:
         return Decision(ROUTE_REVIEW, "below threshold: " + "; ".join(failing), evidence, version)
     draw = audit_fraction(routing.audit_salt, item_sha256, spec.name)
@@ -213,8 +218,11 @@ class RoutingStats:
         }
 
 
-def _unrouted(spec: TaskSpec) -> Any:
-    return (
+def _unrouted(spec: TaskSpec, routing: RoutingSettings) -> Any:
+    """Predictions without a decision. Failed ones only with ``routing.review_failures``:
+    otherwise they wait for a retry (prelabel.runner) instead of becoming empty review tasks
+    that turn a bad night into labelling from scratch."""
+    stmt = (
         select(Prediction, Item)
         .join(Item, Item.id == Prediction.item_id)
         .where(
@@ -222,6 +230,9 @@ def _unrouted(spec: TaskSpec) -> Any:
             ~exists().where(and_(ReviewTask.prediction_id == Prediction.id)),
         )
     )
+    if not routing.review_failures:
+        stmt = stmt.where(Prediction.status == "ok")
+    return stmt
 
 
 def upsert_auto_record(s: Session, pred: Prediction, existing: Record | None) -> Record | None:
@@ -369,7 +380,7 @@ def route_predictions(
     last_id = 0
     item_ids = list(item_ids) if item_ids is not None else None
     while True:
-        stmt = _unrouted(spec).where(Prediction.id > last_id).order_by(Prediction.id).limit(batch)
+        stmt = _unrouted(spec, routing).where(Prediction.id > last_id).order_by(Prediction.id).limit(batch)
         if prediction_ids is not None:
             stmt = stmt.where(Prediction.id.in_(list(prediction_ids)))
         if item_ids is not None:

@@ -6,7 +6,10 @@ object store, vLLM, MinerU), the database and the store, runs the batch, and ret
 stats for XCom. ``backend="cpu"`` means the offline backend for the spec's media (RapidOCR for
 images, the pymupdf layout backend for documents). Bad items or bad model answers become failed
 predictions and never fail the task; infrastructure errors (database, store, unknown spec, a
-backend that does not suit the spec) do.
+backend that does not suit the spec) do, and so does a batch in which more than
+``settings.prelabel.max_transient_failure_share`` failed for transient reasons or that stopped
+early because the model server was down (``PrelabelBatchError``: Airflow alerts and retries; the
+retry predicts only what is missing or due).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from airflow.sdk import BaseOperator
 
 
 class PrelabelOperator(BaseOperator):
-    template_fields: Sequence[str] = ("spec", "backend", "item_ids", "limit")
+    template_fields: Sequence[str] = ("spec", "backend", "item_ids", "limit", "retry_failed")
 
     def __init__(
         self,
@@ -29,6 +32,7 @@ class PrelabelOperator(BaseOperator):
         item_ids: list[int] | None = None,
         limit: int | None = None,
         concurrency: int | None = None,
+        retry_failed: bool = False,
         vllm_conn_id: str = "vllm",
         mineru_conn_id: str = "mineru",
         **kwargs: Any,
@@ -39,6 +43,7 @@ class PrelabelOperator(BaseOperator):
         self.item_ids = item_ids
         self.limit = limit
         self.concurrency = concurrency
+        self.retry_failed = retry_failed
         self.vllm_conn_id = vllm_conn_id
         self.mineru_conn_id = mineru_conn_id
 
@@ -66,7 +71,7 @@ class PrelabelOperator(BaseOperator):
         item_ids = [int(i) for i in self.item_ids] if self.item_ids is not None else None
         limit = int(self.limit) if self.limit not in (None, "", "None") else None
         try:
-            stats = asyncio.run(self._run(db, store, spec, backend, concurrency, item_ids, limit))
+            stats = asyncio.run(self._run(db, store, spec, backend, concurrency, item_ids, limit, settings.prelabel))
         finally:
             db.dispose()
         self.log.info(
@@ -81,7 +86,7 @@ class PrelabelOperator(BaseOperator):
         return stats.as_dict()
 
     async def _run(
-        self, db: Any, store: Any, spec: Any, backend: Any, concurrency: int, item_ids: Any, limit: Any
+        self, db: Any, store: Any, spec: Any, backend: Any, concurrency: int, item_ids: Any, limit: Any, policy: Any
     ) -> Any:
         """run_prelabel and the backend's close in one event loop.
 
@@ -91,6 +96,16 @@ class PrelabelOperator(BaseOperator):
         from labelloop.prelabel.runner import run_prelabel
 
         try:
-            return await run_prelabel(db, store, spec, backend, item_ids=item_ids, limit=limit, concurrency=concurrency)
+            return await run_prelabel(
+                db,
+                store,
+                spec,
+                backend,
+                item_ids=item_ids,
+                limit=limit,
+                concurrency=concurrency,
+                policy=policy,
+                retry_failed=self.retry_failed in (True, "True", "true", "1"),
+            )
         finally:
             await backend.aclose()

@@ -37,7 +37,7 @@ from PIL import Image
 
 from labelloop.config import Settings
 from labelloop.db.models import Item
-from labelloop.prelabel.base import Backend, PredictionResult
+from labelloop.prelabel.base import FAILURE_PERMANENT, FAILURE_TRANSIENT, Backend, PredictionResult
 from labelloop.prelabel.qwen_resize import (
     CoordinateMode,
     PreparedImage,
@@ -243,7 +243,8 @@ class VLLMBackend(Backend):
             )
         except ChatError as e:
             return PredictionResult.failed(
-                e.reason,
+                f"{e.reason} ({self.cfg.base_url}, step: chat completion)",
+                kind=FAILURE_TRANSIENT if e.transient else FAILURE_PERMANENT,
                 raw_output=e.body,
                 latency_ms=_ms(t0),
                 confidence_detail={"attempts": e.attempts, "status": e.status},

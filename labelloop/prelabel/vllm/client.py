@@ -66,6 +66,12 @@ class ChatError(Exception):
         self.body = body
         self.attempts = attempts
 
+    @property
+    def transient(self) -> bool:
+        """The server was unreachable, timed out, or said 429/5xx: worth retrying in a later run.
+        Any other status (400 context too long, a 200 that is not JSON) would fail again."""
+        return self.status is None or self.status in RETRYABLE_STATUS or self.status >= 500
+
 
 class RetryableHTTPError(Exception):
     def __init__(self, status: int, body: str, retry_after: float | None) -> None:
