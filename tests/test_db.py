@@ -50,7 +50,7 @@ def test_hot_query_indexes_exist(db: Database) -> None:
 
 def test_upgrade_is_idempotent(db: Database) -> None:
     db.upgrade()  # second run: nothing to do, no error
-    assert current_revision(db.engine) == "0001"
+    assert current_revision(db.engine) == "0003_calibration_design"
 
 
 def test_sha_is_unique(db: Database) -> None:
