@@ -199,12 +199,22 @@ class PrelabelSettings(BaseModel):
 
 
 class RoutingSettings(BaseModel):
+    use_manual_thresholds: bool = Field(
+        False,
+        description="Opt in to auto-accept by the manual thresholds below where calibration has certified "
+        "none. Off: a field without a calibrated threshold is always reviewed. Decisions made this way are "
+        "marked 'uncalibrated' in routing rows, reports and status.",
+    )
     default_threshold: float = Field(
-        0.9, ge=0, le=1.0001, description="Per-field auto-accept threshold when none is calibrated."
+        0.9,
+        ge=0,
+        le=1.0001,
+        description="Manual per-field threshold where none is calibrated (only with use_manual_thresholds).",
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="Overrides as {'spec.field': threshold}; > 1 means always review.",
+        description="Manual overrides as {'spec.field': threshold}; > 1 means always review "
+        "(only with use_manual_thresholds).",
     )
     audit_rate: float = Field(0.05, ge=0, le=1, description="Share of would-be auto-accepts sent to review as audit.")
     audit_salt: str = Field("labelloop-audit", description="Salt of the deterministic audit hash (change to resample).")
@@ -246,10 +256,22 @@ class TrainingSettings(BaseModel):
 
 
 class CalibrationSettings(BaseModel):
-    target_error: float = Field(0.02, gt=0, lt=1, description="Target change rate of auto-accepts.")
-    min_samples: int = Field(50, ge=1, description="Minimum reviewed samples above a threshold.")
-    confidence_level: float = Field(0.95, gt=0.5, lt=1, description="Level of the upper bound.")
-    bound: Literal["wilson", "clopper_pearson"] = Field("wilson", description="Upper bound method.")
+    target_error: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="Target error of auto-accepts: share of auto-accepted records with any field a reviewer "
+        "would change (per_field: share of values of each field).",
+    )
+    per_field: bool = Field(False, description="Hold the target per field instead of per record.")
+    min_samples: int = Field(50, ge=1, description="Minimum reviewed records (values) above a threshold.")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1, description="Level of the guarantee (1 - delta).")
+    bound: Literal["auto", "betting", "clopper_pearson", "wilson"] = Field(
+        "auto",
+        description="auto: inverse-probability-weighted betting e-process (valid for weighted data and "
+        "across nightly reruns), Clopper-Pearson for one look at an unweighted sample; wilson is "
+        "anti-conservative at small rates and only for comparison.",
+    )
 
 
 class SpecSettings(BaseModel):

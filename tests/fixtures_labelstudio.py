@@ -29,7 +29,7 @@ import pytest
 from label_studio_sdk import LabelStudio
 from PIL import Image
 
-from labelloop.config import DatabaseSettings, LabelStudioSettings, Settings, StorageSettings
+from labelloop.config import DatabaseSettings, LabelStudioSettings, RoutingSettings, Settings, StorageSettings
 from labelloop.db import Database, Item, Prediction
 from labelloop.review.client import make_client
 from labelloop.review.server import LocalLabelStudio
@@ -74,6 +74,8 @@ class LabelStudioTestServer:
             home=tmp_path,
             db=DatabaseSettings(url=db_url),
             storage=StorageSettings(backend="local", root=store.root),
+            # these tests are about review and sync: confident items auto-accept by the manual default
+            routing=RoutingSettings(use_manual_thresholds=True),
             label_studio=LabelStudioSettings(
                 url=self.url,
                 token=self.token,

@@ -189,7 +189,9 @@ def test_annotations_sync_into_records_and_the_correction_log(
     review_ids = review_data.add_vehicle_batch(db, VEHICLE, [0.5, 0.6, 0.7, 0.8])
     audit_ids = review_data.add_vehicle_batch(db, VEHICLE, [0.99], tag="audit")
     route_predictions(db, settings.routing, VEHICLE, prediction_ids=review_ids)
-    route_predictions(db, RoutingSettings(audit_rate=1.0), VEHICLE, prediction_ids=audit_ids)
+    route_predictions(
+        db, RoutingSettings(use_manual_thresholds=True, audit_rate=1.0), VEHICLE, prediction_ids=audit_ids
+    )
     pid = _import(settings, db, ls, store).project_id
     accepted, corrected, skipped, untouched, audited = _review_tasks(db)
     assert audited.route == "audit"
@@ -366,7 +368,9 @@ def test_failed_prediction_is_reviewed_from_scratch(
     confident = review_data.add_vehicle_batch(db, VEHICLE, [0.95])
     item = review_data.add_image_item(db, None, 21)
     failed = review_data.add_prediction(db, VEHICLE, item, None, {}, status="failed")
-    route_predictions(db, RoutingSettings(audit_rate=1.0), VEHICLE, prediction_ids=confident)
+    route_predictions(
+        db, RoutingSettings(use_manual_thresholds=True, audit_rate=1.0), VEHICLE, prediction_ids=confident
+    )
     assert route_predictions(db, settings.routing, VEHICLE, prediction_ids=[failed.id]).considered == 0
     by_hand = settings.routing.model_copy(update={"review_failures": True})
     route_predictions(db, by_hand, VEHICLE, prediction_ids=[failed.id])

@@ -103,7 +103,7 @@ def test_audit_fraction_is_deterministic_and_uniform() -> None:
 def test_audit_sample_is_about_five_percent_of_2000_and_stable(db: Database, spec: TaskSpec, review_data: Any) -> None:
     items = _items(db, 2000)
     _predict(db, spec, items, CONFIDENT, review_data)
-    routing = RoutingSettings()  # audit_rate 0.05, default threshold 0.9
+    routing = RoutingSettings(use_manual_thresholds=True)  # audit_rate 0.05, default threshold 0.9
     stats = route_predictions(db, routing, spec)
     assert stats.considered == 2000 and stats.review == 0
     # binomial(2000, 0.05): mean 100, sd 9.7; +-4 sd
@@ -121,7 +121,9 @@ def test_audit_sample_is_about_five_percent_of_2000_and_stable(db: Database, spe
     assert {r.item_id for r in records}.isdisjoint(audited)
 
     # rerouting changes nothing, even with different settings
-    again = route_predictions(db, RoutingSettings(default_threshold=1.0001, audit_rate=1.0), spec)
+    again = route_predictions(
+        db, RoutingSettings(use_manual_thresholds=True, default_threshold=1.0001, audit_rate=1.0), spec
+    )
     assert again.considered == 0
     assert [(t.id, t.route, t.reason) for t in _tasks(db)] == [(t.id, t.route, t.reason) for t in tasks]
 
@@ -135,7 +137,9 @@ def test_thresholds_decide_review_with_readable_reasons(sqlite_db: Database, spe
     p_failed = review_data.add_prediction(db, spec, items[2], None, {}, status="failed")
     p_conf = _predict(db, spec, items[3:], CONFIDENT, review_data)[0]
     routing = RoutingSettings(
-        thresholds={"vehicle_extraction.brand": 0.4, "vehicle_extraction.vehicle_box": 1.5}, audit_rate=0.0
+        use_manual_thresholds=True,
+        thresholds={"vehicle_extraction.brand": 0.4, "vehicle_extraction.vehicle_box": 1.5},
+        audit_rate=0.0,
     )
     stats = route_predictions(db, routing, spec)
     assert (stats.review, stats.auto, stats.audit) == (3, 0, 0), "a failed prediction waits for its retry"
@@ -144,8 +148,8 @@ def test_thresholds_decide_review_with_readable_reasons(sqlite_db: Database, spe
     assert (by_hand.considered, by_hand.review) == (1, 1)
     by_pred = {t.prediction_id: t for t in _tasks(db)}
     reason = by_pred[p_unsure.id].reason
-    assert "plate_number 0.620 < 0.900 (default)" in reason
-    assert "brand 0.100 < 0.400 (settings)" in reason
+    assert "plate_number 0.620 < 0.900 (default, uncalibrated)" in reason
+    assert "brand 0.100 < 0.400 (manual, uncalibrated)" in reason
     assert "vehicle_box is always reviewed" in reason
     assert "brand" not in by_pred[p_brand_only.id].reason  # 0.5 passes the settings' 0.4
     assert by_pred[p_failed.id].reason == "prediction failed (transient, 1 attempt(s)): model timed out"
@@ -157,6 +161,7 @@ def test_thresholds_decide_review_with_readable_reasons(sqlite_db: Database, spe
         "source": "default",
         "version": None,
         "pass": False,
+        "uncalibrated": True,
     }
     assert evidence["plate_color"]["pass"] is True
     assert all(t.threshold_version is None and t.status == "pending_import" for t in by_pred.values())
@@ -199,7 +204,9 @@ def test_db_thresholds_override_settings_newest_version_wins(
             )
         )
         s.commit()
-    routing = RoutingSettings(thresholds={"vehicle_extraction.plate_number": 0.99}, audit_rate=0.0)
+    routing = RoutingSettings(
+        use_manual_thresholds=True, thresholds={"vehicle_extraction.plate_number": 0.99}, audit_rate=0.0
+    )
     route_predictions(db, routing, spec)
     by_pred = {t.prediction_id: t for t in _tasks(db)}
     v1 = by_pred[p_v1.id]
@@ -210,8 +217,8 @@ def test_db_thresholds_override_settings_newest_version_wins(
     assert v1.threshold_version == 2
     # another model version has no calibrated rows: settings apply
     other = by_pred[p_other.id]
-    assert other.decision["plate_number"]["source"] == "settings"
-    assert other.reason == "below threshold: plate_number 0.700 < 0.990 (settings)"
+    assert other.decision["plate_number"]["source"] == "manual"
+    assert other.reason == "below threshold: plate_number 0.700 < 0.990 (manual, uncalibrated)"
 
 
 def test_auto_never_overwrites_a_human_record_and_documents_get_a_task_per_page(
@@ -233,7 +240,7 @@ def test_auto_never_overwrites_a_human_record_and_documents_get_a_task_per_page(
         )
         s.commit()
     _predict(db, vehicle, [item], CONFIDENT, review_data)
-    stats = route_predictions(db, RoutingSettings(audit_rate=0.0), vehicle)
+    stats = route_predictions(db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.0), vehicle)
     assert stats.auto == 1 and stats.records == 0
     with db.session() as s:
         assert s.scalar(select(Record.record)) == {"plate_number": "HUMAN1"}
@@ -255,7 +262,7 @@ def test_auto_never_overwrites_a_human_record_and_documents_get_a_task_per_page(
         s.add(doc)
         s.commit()
     review_data.add_prediction(db, doc_spec, doc, record, {"blocks": 0.62})
-    stats = route_predictions(db, RoutingSettings(audit_rate=0.0), doc_spec)
+    stats = route_predictions(db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.0), doc_spec)
     assert (stats.review, stats.tasks) == (1, 2)
     pages = [(t.page, t.route, t.external_id.endswith(f":{t.page}")) for t in _tasks(db) if t.spec == doc_spec.name]
     assert pages == [(0, ROUTE_REVIEW, True), (1, ROUTE_REVIEW, True)]
@@ -264,10 +271,15 @@ def test_auto_never_overwrites_a_human_record_and_documents_get_a_task_per_page(
 def test_routing_is_scoped_to_the_given_predictions(sqlite_db: Database, spec: TaskSpec, review_data: Any) -> None:
     db = sqlite_db
     preds = _predict(db, spec, _items(db, 5), CONFIDENT, review_data)
-    stats = route_predictions(db, RoutingSettings(audit_rate=0.0), spec, prediction_ids=[preds[1].id, preds[3].id])
+    stats = route_predictions(
+        db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.0), spec, prediction_ids=[preds[1].id, preds[3].id]
+    )
     assert stats.considered == 2 and stats.auto == 2
     assert {t.prediction_id for t in _tasks(db)} == {preds[1].id, preds[3].id}
-    assert route_predictions(db, RoutingSettings(audit_rate=0.0), spec, batch=2).considered == 3
+    assert (
+        route_predictions(db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.0), spec, batch=2).considered
+        == 3
+    )
     assert all(t.route == ROUTE_AUTO for t in _tasks(db))
 
 
@@ -279,7 +291,7 @@ def test_a_concurrent_router_wins_and_nothing_is_routed_twice(pg_url: str, spec:
 
     db = Database(DatabaseSettings(url=pg_url))
     preds = _predict(db, spec, _items(db, 4), CONFIDENT, review_data)
-    routing = RoutingSettings(audit_rate=0.0)
+    routing = RoutingSettings(use_manual_thresholds=True, audit_rate=0.0)
     with db.session() as s:
         stale = [(p, it) for p, it in s.execute(_unrouted(spec, routing).order_by(Prediction.id))]
         # meanwhile another worker routes two of the same predictions
@@ -301,8 +313,32 @@ def test_two_models_for_one_item_in_one_batch_keep_one_record(
     item = _items(db, 1)[0]
     _predict(db, spec, [item], CONFIDENT, review_data, model_version="v1")
     second = _predict(db, spec, [item], CONFIDENT, review_data, model_version="v2")[0]
-    stats = route_predictions(db, RoutingSettings(audit_rate=0.0), spec)
+    stats = route_predictions(db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.0), spec)
     assert (stats.auto, stats.records) == (2, 2)
     with db.session() as s:
         records = s.scalars(select(Record)).all()
     assert [r.prediction_id for r in records] == [second.id]  # the later prediction's record stands
+
+
+def test_fresh_install_auto_accepts_nothing_and_records_the_design(
+    db: Database, spec: TaskSpec, review_data: Any
+) -> None:
+    """No calibrated threshold: full review (inclusion probability 1), even for confident predictions.
+    A manual threshold applies only when opted in, and every such decision says "uncalibrated"."""
+    items = _items(db, 40)
+    _predict(db, spec, items, CONFIDENT, review_data)
+    stats = route_predictions(db, RoutingSettings(), spec)
+    assert (stats.auto, stats.audit, stats.review) == (0, 0, 40)
+    tasks = _tasks(db)
+    assert {(t.design, t.inclusion_prob) for t in tasks} == {("full_review", 1.0)}
+    assert all("no calibrated threshold" in t.reason for t in tasks)
+
+
+def test_manual_threshold_is_opt_in_and_marked_uncalibrated(db: Database, spec: TaskSpec, review_data: Any) -> None:
+    items = _items(db, 400)
+    _predict(db, spec, items, CONFIDENT, review_data)
+    stats = route_predictions(db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.1), spec)
+    assert stats.review == 0 and stats.auto + stats.audit == 400 and stats.audit > 0
+    for t in _tasks(db):
+        assert t.design in ("auto", "audit") and t.inclusion_prob == 0.1 and t.audit_rate == 0.1
+        assert "uncalibrated" in t.reason and t.decision["_uncalibrated"]

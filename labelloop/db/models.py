@@ -179,6 +179,14 @@ class ReviewTask(Base):
     #: per-field decision evidence: {field: {"confidence": c, "threshold": t, "pass": bool}}
     decision: Mapped[dict[str, Any]] = mapped_column(default=dict)
     threshold_version: Mapped[int | None] = mapped_column(Integer)
+    #: sampling design (calibration weights by it): "full_review" (every item reviewed),
+    #: "review" (a field below its threshold), "audit" (hash sample of would-be auto-accepts),
+    #: "auto"; NULL for rows routed before the design was recorded
+    design: Mapped[str | None] = mapped_column(String(16))
+    #: probability, fixed at routing time, that this item is reviewed: 1, 1, audit rate, audit rate
+    inclusion_prob: Mapped[float | None] = mapped_column(Float)
+    #: audit rate in force at routing time: the floor of inclusion_prob known before the item came
+    audit_rate: Mapped[float | None] = mapped_column(Float)
     #: "auto_accepted" | "pending_import" | "imported" | "completed" | "skipped" | "deleted"
     status: Mapped[str] = mapped_column(String(16))
     external_id: Mapped[str] = mapped_column(String(128), unique=True)

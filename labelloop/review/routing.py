@@ -3,9 +3,12 @@
 Per field, the prediction's confidence is compared with a threshold, looked up in this order:
 
 1. the newest row (highest ``version``) of ``thresholds`` for (spec, field, model, model_version,
-   prompt_hash) -- what calibration learned; ``threshold`` NULL there means "full review";
-2. ``settings.routing.thresholds["<spec>.<field>"]``;
-3. ``settings.routing.default_threshold``.
+   prompt_hash) -- what calibration certified; ``threshold`` NULL there means "full review";
+2. nothing calibrated: full review. Only if ``routing.use_manual_thresholds`` is on,
+   ``routing.thresholds["<spec>.<field>"]`` then ``routing.default_threshold`` apply instead, and the
+   decision is marked "uncalibrated" (source ``manual``/``default``, ``uncalibrated: true``) so the
+   routing row, the report and ``labelloop status`` can say so. A fresh install or a new model therefore
+   auto-accepts nothing until calibration has certified a threshold.
 
 A field passes when ``confidence >= threshold`` (so a threshold above 1 always reviews). Any
 failing field, a failed prediction, or a missing confidence sends the item to review. Of the items
@@ -18,6 +21,11 @@ auto-accept error rate that calibration bounds.
 A failed prediction is not routed at all unless ``routing.review_failures`` says so (then it is
 a review task labelled from scratch, whose Label Studio task says why it has no pre-annotation):
 by default it waits for the pre-label runner to retry it.
+
+Every decision also records its sampling design (``design``, ``inclusion_prob``, ``audit_rate``):
+"full_review" (some field has no certified threshold, so every item is reviewed: probability 1),
+"review" (a field below its threshold: probability 1 given the confidences), "audit" and "auto"
+(the audit rate). Calibration weights reviewed items by 1 / inclusion_prob.
 
 Every decision is stored once, as ``review_tasks`` rows (one per page for documents, page 0 for
 images) keyed by (prediction, page): rerunning routing skips predictions that already have rows, so
@@ -76,8 +84,13 @@ def external_id(spec: str, item_sha256: str, prediction_id: int, page: int) -> s
 class FieldThreshold:
     #: None: full review (calibration found too little evidence)
     threshold: float | None
-    source: str  # "db" | "settings" | "default"
+    source: str  # "db" | "uncalibrated" (nothing certified: full review) | "manual" | "default"
     version: int | None = None
+
+    @property
+    def uncalibrated(self) -> bool:
+        """A manual threshold in force where calibration certified none."""
+        return self.source in ("manual", "default") and self.threshold is not None
 
 
 class ThresholdResolver:
@@ -113,8 +126,10 @@ class ThresholdResolver:
                 if name in db_rows:
                     row = db_rows[name]
                     out[name] = FieldThreshold(row.threshold, "db", row.version)
+                elif not self.routing.use_manual_thresholds:
+                    out[name] = FieldThreshold(None, "uncalibrated")
                 elif f"{self.spec.name}.{name}" in self.routing.thresholds:
-                    out[name] = FieldThreshold(self.routing.thresholds[f"{self.spec.name}.{name}"], "settings")
+                    out[name] = FieldThreshold(self.routing.thresholds[f"{self.spec.name}.{name}"], "manual")
                 else:
                     out[name] = FieldThreshold(self.routing.default_threshold, "default")
             self._cache[key] = out
@@ -130,6 +145,10 @@ class Decision:
     reason: str
     evidence: dict[str, Any]
     threshold_version: int | None
+    #: sampling design, see the module docstring
+    design: str = "review"
+    inclusion_prob: float = 1.0
+    audit_rate: float = 0.0
 
 
 def decide(
@@ -155,27 +174,40 @@ def decide(
             "version": t.version,
             "pass": passed,
         }
+        if t.uncalibrated:
+            evidence[name]["uncalibrated"] = True
         if pred.status != "ok" or passed:
             continue
         if conf is None:
             failing.append(f"{name} has no confidence")
+        elif t.threshold is None and t.source == "uncalibrated":
+            failing.append(f"{name} has no calibrated threshold yet (full review)")
         elif t.threshold is None:
             failing.append(f"{name} is under full review (thresholds v{t.version})")
         elif t.threshold > 1:
             failing.append(f"{name} is always reviewed (threshold {t.threshold:g})")
         else:
-            failing.append(f"{name} {conf:.3f} < {t.threshold:.3f} ({t.source})")
+            src = f"{t.source}, uncalibrated" if t.uncalibrated else t.source
+            failing.append(f"{name} {conf:.3f} < {t.threshold:.3f} ({src})")
+    rate = routing.audit_rate
+    # every item of this identity is reviewed whatever its confidences: a random sample (probability 1)
+    full = any(t.threshold is None for t in thresholds.values())
+    design = "full_review" if full else "review"
     if pred.status != "ok":
         reason = f"prediction failed ({pred.failure_kind or 'permanent'}, {pred.attempts or 1} attempt(s)): "
-        return Decision(ROUTE_REVIEW, reason + (pred.error or "no reason given"), evidence, version)
+        return Decision(ROUTE_REVIEW, reason + (pred.error or "no reason given"), evidence, version, design, 1.0, rate)
     if failing:
-        return Decision(ROUTE_REVIEW, "below threshold: " + "; ".join(failing), evidence, version)
+        return Decision(ROUTE_REVIEW, "below threshold: " + "; ".join(failing), evidence, version, design, 1.0, rate)
+    uncal = sorted(n for n, t in thresholds.items() if t.uncalibrated)
+    note = f" (uncalibrated manual threshold: {', '.join(uncal)})" if uncal else ""
     draw = audit_fraction(routing.audit_salt, item_sha256, spec.name)
-    evidence["_audit"] = {"fraction": draw, "rate": routing.audit_rate}
-    if draw < routing.audit_rate:
-        reason = f"audit sample ({routing.audit_rate:.1%} of would-be auto-accepts); every field passed"
-        return Decision(ROUTE_AUDIT, reason, evidence, version)
-    return Decision(ROUTE_AUTO, "every field at or above its threshold", evidence, version)
+    evidence["_audit"] = {"fraction": draw, "rate": rate}
+    if uncal:
+        evidence["_uncalibrated"] = uncal
+    if draw < rate:
+        reason = f"audit sample ({rate:.1%} of would-be auto-accepts); every field passed{note}"
+        return Decision(ROUTE_AUDIT, reason, evidence, version, "audit", rate, rate)
+    return Decision(ROUTE_AUTO, "every field at or above its threshold" + note, evidence, version, "auto", rate, rate)
 
 
 def review_pages(spec: TaskSpec, pred: Prediction, item: Item) -> list[int]:
@@ -314,6 +346,9 @@ def _write(s: Session, spec: TaskSpec, routed: list[_Routed], stats: RoutingStat
                     reason=d.reason,
                     decision=d.evidence,
                     threshold_version=d.threshold_version,
+                    design=d.design,
+                    inclusion_prob=d.inclusion_prob,
+                    audit_rate=d.audit_rate,
                     status=STATUS_AUTO if d.route == ROUTE_AUTO else STATUS_PENDING,
                     external_id=external_id(spec.name, x.item.sha256, x.pred.id, page),
                 )
