@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures_vllm import ingest_images, make_plate_image, predictions, run_batch
 from PIL import Image
+from plate_render import cjk_font_path, render_scene
 
 from labelloop.config import Settings
 from labelloop.db import Database, Item
@@ -116,13 +118,13 @@ def test_an_unreadable_image_is_a_failed_prediction(ocr: RapidOCRBackend) -> Non
     assert res.status == "failed" and res.error.startswith("OCR failed")
 
 
-def test_plate_found_by_pattern_with_its_box_and_score(ocr: RapidOCRBackend) -> None:
-    data, plate_box = make_plate_image("AB 1234 C")
+def test_plate_found_by_syntax_with_its_box_and_score(ocr: RapidOCRBackend) -> None:
+    scene = render_scene(random.Random(2), "ordinary_blue", cjk_font_path(), hard=False)
     item = Item(id=1, sha256="0" * 64, media_type="image", mime="image/jpeg", ext="jpg", size_bytes=1, storage_key="k")
-    res = asyncio.run(ocr.predict(item, data, VEHICLE))
+    res = asyncio.run(ocr.predict(item, scene.image, VEHICLE))
     rec, conf = res.record, res.field_confidence
-    assert rec["plate_number"] == "AB1234C"
-    assert iou(rec["plate_box"], plate_box) > 0.5
+    assert rec["plate_number"] == scene.plate
+    assert iou(rec["plate_box"], scene.box) > 0.5
     assert conf["plate_number"] == conf["plate_box"] > 0.8
     # what OCR cannot know is left empty with confidence 0, so the item goes to review
     assert rec["brand"] == "" and rec["plate_color"] is None and rec["vehicle_box"] is None
@@ -144,15 +146,20 @@ def test_no_plate_means_empty_plate_fields() -> None:
 def test_plate_normalisation_and_pattern_priority() -> None:
     assert normalise_plate("粤B·12345") == "粤B12345"
     assert normalise_plate("ab 12.34 c") == "AB1234C"
-    patterns = VEHICLE.options["ocr_fields"]["plate_number"]["patterns"]
+    assert VEHICLE.options["ocr_fields"]["plate_number"]["syntax"] == "cn_plate"
     lines = [
         {"bbox": [0, 0, 1, 1], "text": "KA 01 AB 1234", "score": 0.99},
         {"bbox": [2, 2, 3, 3], "text": "粤B·12345", "score": 0.9},
-        {"bbox": [4, 4, 5, 5], "text": "hello", "score": 1.0},
+        {"bbox": [4, 4, 5, 5], "text": "DDS32", "score": 1.0},  # the fragment loose patterns took
+        {"bbox": [6, 6, 7, 7], "text": "口·T5022", "score": 0.99},  # a misread province
     ]
-    hit = find_pattern_line(lines, patterns)
-    assert hit is not None and hit["text"] == "粤B12345" and hit["bbox"] == [2, 2, 3, 3]  # first pattern wins
-    assert find_pattern_line(lines[2:], patterns) is None
+    hit = find_pattern_line(lines, [], "cn_plate")
+    assert hit is not None and hit["text"] == "粤B12345" and hit["bbox"] == [2, 2, 3, 3]
+    assert find_pattern_line(lines[2:], [], "cn_plate") is None
+    res = build_result(VEHICLE, lines[2:])
+    assert res.record["plate_number"] == "" and res.field_confidence["plate_number"] == 0.0
+    # explicit patterns still work for specs that declare them
+    assert find_pattern_line(lines, ["[A-Z]{2}[0-9]{2}[A-Z]{2}[0-9]{4}"])["text"] == "KA01AB1234"
 
 
 def test_models_come_from_the_wheel_and_nothing_is_downloaded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +191,7 @@ def test_runner_with_rapidocr(
     store = LocalStore(sqlite_settings.storage.root)
     images = {
         "ticket.jpg": (sample_data / "images" / "qwen-ocr_example4.jpg").read_bytes(),
-        "plate.jpg": make_plate_image("KL 55 TX 1234")[0],
+        "plate.jpg": (scene := render_scene(random.Random(2), "ordinary_blue", cjk_font_path(), hard=False)).image,
     }
     items = ingest_images(sqlite_db, store, sqlite_settings, tmp_path / "in", images)
     backend = make_backend("rapidocr", sqlite_settings, store)
@@ -199,6 +206,6 @@ def test_runner_with_rapidocr(
     plates = run_batch(sqlite_db, store, VEHICLE, backend, concurrency=2)
     assert plates.ok == 2
     (v,) = predictions(sqlite_db, item_id=items["plate.jpg"].id, spec="vehicle_extraction")
-    assert v.record["plate_number"] == "KL55TX1234" and v.confidence == 0.0  # the rest needs review
+    assert v.record["plate_number"] == scene.plate and v.confidence == 0.0  # the rest needs review
     again = run_batch(sqlite_db, store, OCR_LINES, backend, concurrency=2)
     assert again.considered == 0, "a rerun predicts nothing new"

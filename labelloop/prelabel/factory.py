@@ -12,6 +12,7 @@ from labelloop.storage import ObjectStore
 BACKENDS: dict[str, str] = {
     "vllm": "labelloop.prelabel.vllm.backend:VLLMBackend",
     "rapidocr": "labelloop.prelabel.rapidocr_backend:RapidOCRBackend",
+    "plate": "labelloop.prelabel.plate_backend:PlateBackend",
     "pymupdf": "labelloop.prelabel.documents.cpu:PyMuPDFLayoutBackend",
     "mineru": "labelloop.prelabel.documents.mineru:MinerUBackend",
 }

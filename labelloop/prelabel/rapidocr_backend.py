@@ -147,6 +147,7 @@ class RapidOCRBackend(Backend):
             {
                 "fields": {n: f.kind for n, f in spec.fields.items()},
                 "ocr_fields": spec.options.get("ocr_fields") or {},
+                **({"plate_syntax": 1} if _uses_plate_syntax(spec) else {}),
             },
             sort_keys=True,
         )
@@ -160,12 +161,29 @@ class RapidOCRBackend(Backend):
         return build_result(spec, lines)
 
 
+def _uses_plate_syntax(spec: TaskSpec) -> bool:
+    return any(cfg.get("syntax") == "cn_plate" for cfg in (spec.options.get("ocr_fields") or {}).values())
+
+
 def _empty_value(kind: str) -> Any:
     return "" if kind == "text" else None
 
 
-def find_pattern_line(lines: list[dict[str, Any]], patterns: list[str]) -> dict[str, Any] | None:
-    """The best line whose normalised text fully matches a pattern: earlier patterns win, then score."""
+def find_pattern_line(
+    lines: list[dict[str, Any]], patterns: list[str], syntax: str | None = None
+) -> dict[str, Any] | None:
+    """The best line whose normalised text fully matches a pattern: earlier patterns win, then score.
+
+    ``syntax: cn_plate`` (vehicle_extraction) accepts only official Chinese plate formats
+    (labelloop.prelabel.plates.syntax) instead of patterns: loose patterns took fragments such as
+    ``DDS32`` for plates.
+    """
+    if syntax == "cn_plate":
+        from labelloop.prelabel.plates.syntax import PLATE_REGEX
+
+        patterns = [PLATE_REGEX.strip("^$")]
+    elif syntax is not None:
+        raise ValueError(f"unknown ocr_fields syntax {syntax!r}")
     compiled = [re.compile(p) for p in patterns]
     best: tuple[int, float] | None = None
     found = None
@@ -194,7 +212,9 @@ def build_result(spec: TaskSpec, lines: list[dict[str, Any]]) -> PredictionResul
             conf[name] = min(scores) if scores else 0.0
             detail[name] = {"source": "ocr", "scores": scores, "n_lines": len(lines)}
         elif name in ocr_fields:
-            hit = find_pattern_line(lines, list(ocr_fields[name].get("patterns") or []))
+            hit = find_pattern_line(
+                lines, list(ocr_fields[name].get("patterns") or []), ocr_fields[name].get("syntax")
+            )
             record[name] = hit["text"] if hit else _empty_value(fspec.kind)
             conf[name] = hit["score"] if hit else 0.0
             detail[name] = {"source": "ocr_pattern", "found": hit is not None}
