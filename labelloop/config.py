@@ -70,6 +70,10 @@ class IngestSettings(BaseModel):
     max_file_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Files larger than this are rejected without reading."
     )
+    max_video_seconds: float = Field(3600.0, gt=0, description="Videos longer than this (seconds) are rejected.")
+    max_video_pixels: int = Field(
+        3840 * 2160, ge=1, description="Videos whose frames have more pixels (after rotation) are rejected."
+    )
     commit_every: int = Field(200, ge=1, description="Items per database transaction during ingest.")
     follow_symlinks: bool = Field(False, description="Follow symbolic links when walking a folder.")
 
