@@ -183,10 +183,11 @@ def frames_prefix(sha: str, p: SamplingParams) -> str:
 
 
 def sample_frames(
-    store: Any, sha: str, video_key: str, plan: VideoPlan, p: SamplingParams, tmpdir: Path
+    store: Any, sha: str, video_key: str, plan: VideoPlan, p: SamplingParams, tmpdir: Path, data: bytes | None = None
 ) -> SampledVideo:
-    """Sampled frames of a video, from the store when a previous run kept them, else decoded and
-    stored (frames first, ``index.json`` last, so a half-written set is never taken as done)."""
+    """Sampled frames of a video, from the store when a previous run kept them, else decoded (from
+    ``data`` when the caller has the bytes, else from ``video_key``) and stored (frames first,
+    ``index.json`` last, so a half-written set is never taken as done)."""
     prefix = frames_prefix(sha, p)
     index_key = f"{prefix}/index.json"
     if store.exists(index_key):
@@ -194,7 +195,10 @@ def sample_frames(
         if index.get("plan") == plan.as_dict():
             return SampledVideo(plan=plan, frames=[store.get(k) for k in index["frames"]], keys=index["frames"])
     local = tmpdir / f"{sha}.video"
-    store.get_file(video_key, local)
+    if data is not None:
+        local.write_bytes(data)
+    else:
+        store.get_file(video_key, local)
     try:
         images = decode_frames(local, plan)
     finally:
