@@ -71,6 +71,10 @@ class IngestSettings(BaseModel):
     max_file_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Files larger than this are rejected without reading."
     )
+    max_video_seconds: float = Field(3600.0, gt=0, description="Videos longer than this (seconds) are rejected.")
+    max_video_pixels: int = Field(
+        3840 * 2160, ge=1, description="Videos whose frames have more pixels (after rotation) are rejected."
+    )
     commit_every: int = Field(200, ge=1, description="Items per database transaction during ingest.")
     follow_symlinks: bool = Field(False, description="Follow symbolic links when walking a folder.")
 
@@ -101,6 +105,21 @@ class VLLMSettings(BaseModel):
     )
     min_pixels: int = Field(3136, ge=1, description="Client-side resize lower bound (pixels).")
     max_pixels: int = Field(1_003_520, ge=1, description="Client-side resize upper bound (pixels).")
+    video_family: Literal["qwen2_5_vl", "internvl"] = Field(
+        "qwen2_5_vl",
+        description="Request shape for video: Qwen2.5-VL takes the sampled frames as one video_url "
+        "(video/jpeg) and reads time from the sample rate; InternVL/InternVideo2.5 takes them as "
+        "images, each after a 'FrameN (t s):' label it reads the time from.",
+    )
+    video_fps: float = Field(2.0, gt=0, description="Frames per second sampled from a video (Qwen2.5-VL default 2).")
+    video_min_frames: int = Field(4, ge=2, description="Fewest frames sampled from a video.")
+    video_max_frames: int = Field(768, ge=2, description="Most frames sampled from a video.")
+    video_total_pixels: int = Field(
+        90_316_800,
+        ge=1,
+        description="Pixel budget of one video over all its frames (qwen-vl-utils VIDEO_TOTAL_PIXELS; "
+        "keep it within the server's --max-model-len).",
+    )
 
 
 class MinerUSettings(BaseModel):

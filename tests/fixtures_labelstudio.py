@@ -333,6 +333,21 @@ def sample_record(spec: str, *, sha: str = "ab" * 32) -> dict[str, Any]:
             ],
         }
         return {"pages": [page], "markdown": "# Annual report\n\nRevenue grew by 12%.\n"}
+    if spec == "video_caption":  # times on frame boundaries of a 25 fps video
+        return {
+            "caption": "A white square slides to the right and turns green for a while.",
+            "events": [
+                {"start": 0.0, "end": 1.0, "label": "action", "description": "The square moves right."},
+                {"start": 1.0, "end": 2.52, "label": "change", "description": "It turns green."},
+            ],
+        }
+    if spec == "video_qa":
+        return {
+            "qa": [
+                {"question": "What colour does the square turn?", "answer": "Green."},
+                {"question": "When does it turn green?", "answer": "At 1 s."},
+            ]
+        }
     raise KeyError(spec)
 
 

@@ -16,7 +16,13 @@ pytest_plugins = ["fixtures_labelstudio"]
 
 REGISTRY = SpecRegistry()
 SPECS = REGISTRY.names()
-SIZE = {"image": convert.ImageSize(640, 480), "document": convert.ImageSize(1224, 1584)}
+SIZE = {
+    "image": convert.ImageSize(640, 480),
+    "document": convert.ImageSize(1224, 1584),
+    "video": convert.ImageSize(640, 480, fps=25.0),
+}
+#: the object tag each media type is reviewed in, and the task data key it reads
+OBJECT = {"image": ("Image", "image"), "document": ("Image", "image"), "video": ("Video", "video")}
 
 
 def _controls(config: str) -> dict[str, ET.Element]:
@@ -32,7 +38,8 @@ def test_config_matches_the_spec(name: str) -> None:
     """Every field's ``ls`` mapping names a control of the right tag (and choices/labels agree)."""
     spec = REGISTRY.get(name)
     controls = _controls(REGISTRY.label_config(spec))
-    assert controls["image"].tag == "Image" and controls["image"].get("value") == "$image"
+    tag, key = OBJECT[spec.media]
+    assert controls[key].tag == tag and controls[key].get("value") == f"${key}"
     for fname, f in spec.fields.items():
         el = controls.get(f.ls.from_name)
         assert el is not None, f"{name}.{fname}: no control {f.ls.from_name!r}"
@@ -43,6 +50,13 @@ def test_config_matches_the_spec(name: str) -> None:
         elif f.kind == "choice":
             assert el.tag == "Choices" and el.get("choice") == "single"
             assert [c.get("value") for c in el if c.tag == "Choice"] == f.choices
+        elif f.kind == "events":
+            assert el.tag == "TimelineLabels" and labels == spec.options["labels"]
+            assert labels == spec.json_schema["properties"][fname]["items"]["properties"]["label"]["enum"]
+            assert controls[key].get("frameRate") == "$fps"  # timeline frames <-> seconds
+        elif f.kind == "qa":
+            assert el.tag == "TextArea" and controls[f.ls.text_from_name].tag == "TextArea"
+            continue
         else:
             assert el.tag == "RectangleLabels" and el.get("canRotate") == "false"
         if f.kind == "box":
@@ -72,9 +86,14 @@ def test_label_studio_accepts_each_config(label_studio: Any, review_data: Any, n
     assert project.label_config == REGISTRY.label_config(spec).strip()
     view = convert.task_view(spec, review_data.sample_record(name), 0)
     result = convert.to_result(spec, view, SIZE[spec.media])
+    data = (
+        {"video": "/data/local-files/?d=x.mp4", "fps": 25}
+        if spec.media == "video"
+        else {"image": "/data/local-files/?d=x.png"}
+    )
     r = ls.projects.import_tasks(
         id=pid,
-        request=[{"data": {"image": "/data/local-files/?d=x.png"}, "predictions": [{"result": result, "score": 0.5}]}],
+        request=[{"data": data, "predictions": [{"result": result, "score": 0.5}]}],
         return_task_ids=True,
     )
     task = ls.tasks.get(id=str(r.task_ids[0]))

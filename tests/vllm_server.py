@@ -304,6 +304,7 @@ class ServerState:
             self.faults_served: list[dict[str, Any]] = []
             self.sizes: dict[str, list[int]] = {}
             self.last_request: dict[str, Any] | None = None
+            self.last_media: dict[str, Any] | None = None
 
     def next_fault(self, key: str | None) -> dict[str, Any] | None:
         with self.lock:
@@ -324,6 +325,7 @@ class ServerState:
                 "pending_faults": {k: len(v) for k, v in self.faults.items() if v},
                 "sizes": dict(self.sizes),
                 "last_request": self.last_request,
+                "last_media": self.last_media,
                 "slots": self.config.slots,
                 "latency_ms": self.config.latency_ms,
             }
@@ -554,13 +556,44 @@ def _loop_factory() -> Any:
 # --------------------------------------------------------------------------- endpoints
 
 
-def _image_size(messages: list[dict[str, Any]]) -> tuple[int, int]:
-    """The request image's size, read as vLLM would read the image (a corrupt payload fails).
+def _read_image(raw: bytes) -> tuple[int, int]:
+    img = Image.open(io.BytesIO(raw))
+    size = img.size
+    intact = (img.format == "JPEG" and raw.rstrip(b"\0")[-2:] == b"\xff\xd9") or (
+        img.format == "PNG" and raw[-8:-4] == b"IEND"
+    )
+    if not intact:
+        if img.format == "JPEG":  # decode in the DCT domain at 1/8 scale: cheap, still a decode
+            img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        img.load()
+    return size
 
-    The base64 must be strictly valid and the header parse; the size comes from the header. When
-    the file's end marker is missing (a truncated JPEG or PNG, or an unusual format), the image is
-    decoded for real, so it fails exactly where vLLM's decode would.
-    """
+
+def _video_frames(url: str) -> list[tuple[int, int]]:
+    """Frame sizes of a ``video_url`` as vLLM reads it: ``data:video/jpeg;base64,<f1>,<f2>,...``
+    (every frame a JPEG, all one size) or a container (``data:video/<type>;base64,`` decoded by
+    PyAV here, where vLLM would use its video loader). ``file://`` URLs are not served here."""
+    i = url.find("base64,") if url.startswith("data:video") else -1
+    if i < 0:
+        raise ValueError("only base64 data URLs are supported by this test server")
+    mime = url[5 : url.index(";")]
+    if mime == "video/jpeg":
+        sizes = [_read_image(binascii.a2b_base64(f, strict_mode=True)) for f in url[i + 7 :].split(",")]
+        if len(set(sizes)) != 1:
+            raise ValueError(f"video/jpeg frames differ in size: {sorted(set(sizes))}")
+        return sizes
+    import av
+
+    with av.open(io.BytesIO(binascii.a2b_base64(url[i + 7 :], strict_mode=True))) as c:
+        return [(f.width, f.height) for f in c.decode(video=0)]
+
+
+def media_summary(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the request carries: images and videos (frame counts), read as vLLM would read them
+    (a corrupt payload fails). The answer's size is the first item's (a video's frame size)."""
+    images: list[tuple[int, int]] = []
+    videos: list[list[tuple[int, int]]] = []
+    first: tuple[int, int] | None = None
     for msg in messages:
         content = msg.get("content")
         if not isinstance(content, list):
@@ -571,18 +604,19 @@ def _image_size(messages: list[dict[str, Any]]) -> tuple[int, int]:
                 i = url.find("base64,") if url.startswith("data:image") else -1
                 if i < 0:
                     raise ValueError("only base64 data URLs are supported by this test server")
-                raw = binascii.a2b_base64(url[i + 7 :], strict_mode=True)
-                img = Image.open(io.BytesIO(raw))
-                size = img.size
-                intact = (img.format == "JPEG" and raw.rstrip(b"\0")[-2:] == b"\xff\xd9") or (
-                    img.format == "PNG" and raw[-8:-4] == b"IEND"
-                )
-                if not intact:
-                    if img.format == "JPEG":  # decode in the DCT domain at 1/8 scale: cheap, still a decode
-                        img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                    img.load()
-                return size
-    raise ValueError("no image_url in the messages")
+                images.append(_read_image(binascii.a2b_base64(url[i + 7 :], strict_mode=True)))
+                first = first or images[-1]
+            elif part.get("type") == "video_url":
+                videos.append(_video_frames(part["video_url"]["url"]))
+                first = first or videos[-1][0]
+    if first is None:
+        raise ValueError("no image_url or video_url in the messages")
+    return {"size": first, "images": len(images), "video_frames": [len(v) for v in videos]}
+
+
+def _image_size(messages: list[dict[str, Any]]) -> tuple[int, int]:
+    """The size of the request's first image (or video frame); see :func:`media_summary`."""
+    return media_summary(messages)["size"]
 
 
 def _answer_record(state: ServerState, key: str | None, spec: str, width: int, height: int, schema: Any) -> tuple:
@@ -640,7 +674,8 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
     m = _SHA.match(rid)
     key = m.group() if m else None
     try:
-        width, height = _image_size(body.get("messages") or [])
+        media = media_summary(body.get("messages") or [])
+        width, height = media["size"]
     except (ValueError, KeyError, TypeError, binascii.Error, OSError) as e:
         return _error(400, f"could not read the image: {e}", "BadRequestError")
     with state.lock:
@@ -648,6 +683,7 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
         state.by_key[key or "-"] += 1
         state.sizes[key or "-"] = [width, height]
         state.last_request = {k: v for k, v in body.items() if k != "messages"}
+        state.last_media = {k: v for k, v in media.items() if k != "size"}
         state.queued += 1
         state.max_queued = max(state.max_queued, state.queued)
     fault = state.next_fault(key)

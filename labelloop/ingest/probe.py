@@ -18,6 +18,7 @@ import filetype
 from PIL import Image
 
 from labelloop.config import IngestSettings
+from labelloop.ingest.video_probe import VIDEO_TYPES, probe_video
 
 
 class RejectReason(StrEnum):
@@ -30,6 +31,10 @@ class RejectReason(StrEnum):
     PDF_ENCRYPTED = "pdf_encrypted"
     PDF_NO_PAGES = "pdf_no_pages"
     PDF_TOO_MANY_PAGES = "pdf_too_many_pages"
+    VIDEO_NO_STREAM = "video_no_stream"
+    VIDEO_NO_FRAMES = "video_no_frames"
+    VIDEO_TOO_LONG = "video_too_long"
+    VIDEO_TOO_LARGE = "video_too_large"
 
 
 class Rejected(Exception):
@@ -54,7 +59,7 @@ _SWAPS_SIDES = {5, 6, 7, 8}
 
 @dataclass
 class Probe:
-    media_type: str  # "image" | "document"
+    media_type: str  # "image" | "document" | "video"
     mime: str
     ext: str
     width: int | None = None
@@ -82,13 +87,18 @@ def probe_file(path: Path, settings: IngestSettings) -> Probe:
         head = f.read(8192)
     kind = sniff(head)
     if kind is None:
-        raise Rejected(RejectReason.UNSUPPORTED, "content is not a recognised image or PDF")
+        raise Rejected(RejectReason.UNSUPPORTED, "content is not a recognised image, PDF or video")
     mime, _ext = kind
     if mime == PDF_MIME:
         return _probe_pdf(path, settings)
     if mime in IMAGE_TYPES:
         return _probe_image(path, mime, settings)
-    raise Rejected(RejectReason.UNSUPPORTED, f"{mime} is not supported (images: JPEG, PNG, WebP, GIF, BMP; PDF)")
+    if mime in VIDEO_TYPES:
+        return probe_video(path, mime, settings)
+    raise Rejected(
+        RejectReason.UNSUPPORTED,
+        f"{mime} is not supported (images: JPEG, PNG, WebP, GIF, BMP; PDF; video: MP4, MOV, MKV, WebM)",
+    )
 
 
 def _probe_image(path: Path, mime: str, settings: IngestSettings) -> Probe:

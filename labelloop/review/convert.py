@@ -12,6 +12,10 @@ field's kind and its ``ls`` mapping), so a new spec needs no code here:
            sharing the rectangle's region id
   objects  rectangles of ``ls.from_name`` whose label is the object's label
   blocks   like regions, the rectangle's label being the block type (one page per task)
+  events   TimelineLabels regions on the Video (``value.ranges`` in 1-based frames at the task's
+           ``fps``) plus a per-region TextArea for the description; seconds <-> frames here
+  qa       two TextAreas, ``ls.from_name`` (questions) and ``ls.text_from_name`` (answers), one
+           pair per row
 
 A document is reviewed a page per task: :func:`task_view` cuts one page out of the record and
 :func:`merge_page` puts the reviewed page back. Every conversion has a round-trip test
@@ -38,14 +42,37 @@ BLOCK_META_KEYS = ("score", "source")
 
 @dataclass(frozen=True)
 class ImageSize:
-    """Pixel size of the image a task shows (after EXIF orientation; documents: the page render)."""
+    """Pixel size of the image a task shows (after EXIF orientation; documents: the page render;
+    videos: the display size, with the frame rate Label Studio's timeline counts frames at)."""
 
     width: int
     height: int
+    fps: float | None = None
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"frame rate must be positive, got {self.fps}")
+
+
+# --------------------------------------------------------------------------- time
+
+
+def seconds_to_frames(start: float, end: float, fps: float) -> dict[str, int]:
+    """An interval in seconds as Label Studio's timeline range: 1-based frame numbers, both ends
+    included, frame n showing [(n-1)/fps, n/fps). Times snap to the frames the reviewer sees."""
+    first = math.floor(start * fps + 1e-6) + 1
+    last = max(first, math.ceil(end * fps - 1e-6))
+    return {"start": first, "end": last}
+
+
+def frames_to_seconds(rng: Mapping[str, Any], fps: float) -> tuple[float, float]:
+    """A timeline range back to seconds (start of its first frame, end of its last)."""
+    first, last = int(rng["start"]), int(rng["end"])
+    if first < 1 or last < first:
+        raise ValueError(f"timeline range {first}..{last} is not a frame range")
+    return round((first - 1) / fps, 6), round(last / fps, 6)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -171,9 +198,33 @@ def field_to_results(
         if not value:
             return []
         return _rect_and_text(name, f, size, value, ls.label or name, None, _score_at(scores, 0))
+    if f.kind == "qa":
+        pairs = list(value or [])
+        if not pairs:
+            return []
+        return [
+            {"id": f"{name}-q", "from_name": ls.from_name, "to_name": ls.to_name, "type": "textarea",
+             "value": {"text": [str(p["question"]) for p in pairs]}},
+            {"id": f"{name}-a", "from_name": ls.text_from_name, "to_name": ls.to_name, "type": "textarea",
+             "value": {"text": [str(p["answer"]) for p in pairs]}},
+        ]  # fmt: skip
     out: list[dict[str, Any]] = []
     for i, entry in enumerate(value or []):
         rid = f"{name}-{i}"
+        if f.kind == "events":
+            if size.fps is None:
+                raise ValueError(f"field {name}: events need the video's frame rate")
+            rng = seconds_to_frames(float(entry["start"]), float(entry["end"]), size.fps)
+            region = {"id": rid, "from_name": ls.from_name, "to_name": ls.to_name, "type": "timelinelabels",
+                      "value": {"ranges": [rng], "timelinelabels": [entry["label"]]}}  # fmt: skip
+            score = _score_at(scores, i)
+            if score is not None:
+                region["score"] = score
+            out.append(region)
+            if ls.text_from_name and entry.get("description"):
+                out.append({"id": rid, "from_name": ls.text_from_name, "to_name": ls.to_name, "type": "textarea",
+                            "value": {"ranges": [rng], "text": [str(entry["description"])]}})  # fmt: skip
+            continue
         if f.kind == "regions":
             label = ls.label or "Text"
             out += _rect_and_text(rid, f, size, entry["bbox"], label, entry.get("text"), _score_at(scores, i))
@@ -262,6 +313,10 @@ def field_from_result(
             if chosen:
                 return chosen[0]
         return None
+    if f.kind == "qa":
+        return _qa_from_result(name, f, index)
+    if f.kind == "events":
+        return _events_from_result(name, f, index, size)
     rects = index.rects(ls.from_name)
     if f.kind == "box":
         want = ls.label or name
@@ -290,6 +345,41 @@ def field_from_result(
                 }
             )
     return out
+
+
+def _events_from_result(name: str, f: FieldSpec, index: _Index, size: ImageSize | None) -> list[dict[str, Any]]:
+    """Timeline regions back to events; a region we cannot read is an error naming it, not a drop."""
+    if size is None or size.fps is None:
+        raise ValueError(f"field {name}: the video's frame rate is unknown, timeline frames can't become seconds")
+    out = []
+    for e in index.by_control.get(f.ls.from_name, []):
+        if e.get("type") != "timelinelabels":
+            continue
+        value = e.get("value") or {}
+        ranges, labels = value.get("ranges") or [], value.get("timelinelabels") or []
+        if len(ranges) != 1:
+            raise ValueError(f"field {name}: region {e.get('id')!r} has {len(ranges)} ranges, expected one")
+        if len(labels) != 1:
+            raise ValueError(f"field {name}: region {e.get('id')!r} has {len(labels)} labels, expected one")
+        start, end = frames_to_seconds(ranges[0], size.fps)
+        desc = index.region_text(f.ls.text_from_name, e.get("id"))
+        out.append({"start": start, "end": end, "label": labels[0], "description": desc})
+    return sorted(out, key=lambda ev: (ev["start"], ev["end"]))
+
+
+def _qa_from_result(name: str, f: FieldSpec, index: _Index) -> list[dict[str, Any]]:
+    def rows(control: str | None) -> list[str]:
+        return [str(t) for e in index.plain(control or "") for t in (e.get("value", {}).get("text") or [])]
+
+    questions, answers = rows(f.ls.from_name), rows(f.ls.text_from_name)
+    if len(questions) != len(answers):
+        raise ValueError(
+            f"field {name}: {len(questions)} question(s) but {len(answers)} answer(s); pairs go row by row"
+        )
+    empty = [i for i, (q, a) in enumerate(zip(questions, answers, strict=True)) if not q.strip() or not a.strip()]
+    if empty:
+        raise ValueError(f"field {name}: pair {empty[0] + 1} has an empty question or answer")
+    return [{"question": q, "answer": a} for q, a in zip(questions, answers, strict=True)]
 
 
 def from_result(

@@ -86,6 +86,8 @@ def media_key(spec: TaskSpec, item: Item, pred: Prediction, page: int) -> str:
 def task_size(spec: TaskSpec, item: Item, pred: Prediction, page: int) -> convert.ImageSize | None:
     if spec.media == "document":
         return convert.page_size(spec, pred.record, page)
+    if spec.media == "video" and item.width and item.height and (item.meta or {}).get("fps"):
+        return convert.ImageSize(item.width, item.height, fps=float(item.meta["fps"]))
     if item.width and item.height:
         return convert.ImageSize(item.width, item.height)
     return None
@@ -103,7 +105,7 @@ def field_scores(spec: TaskSpec, pred: Prediction) -> dict[str, Any]:
             out[name] = None
         elif f.kind in ("regions", "objects") and isinstance(d.get("scores"), list):
             out[name] = d["scores"]
-        elif f.kind in ("regions", "objects") and isinstance(d.get("elements"), list):
+        elif f.kind in ("regions", "objects", "events") and isinstance(d.get("elements"), list):
             out[name] = [e.get("joint") for e in d["elements"]]
         else:
             out[name] = conf.get(name)
@@ -120,6 +122,8 @@ def build_task(
         data["page"] = rt.page
     if pred.status != "ok":  # only with routing.review_failures: say why the task is empty
         data["labelloop_note"] = f"No pre-annotation: {rt.reason}"
+    if spec.media == "video":  # the <Video> tag reads $video, and counts timeline frames at $fps
+        data = {"video": data.pop("image"), "fps": (item.meta or {}).get("fps"), **data}
     view = convert.task_view(spec, pred.record, rt.page) if pred.status == "ok" else {}
     size = task_size(spec, item, pred, rt.page)
     result = convert.to_result(spec, view, size, field_scores(spec, pred)) if view and size else []

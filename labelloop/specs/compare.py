@@ -30,7 +30,7 @@ _WS = re.compile(r"\s+")
 #: keys that hold an item's box inside regions/objects/blocks
 BOX_KEYS = ("bbox_2d", "bbox")
 #: keys compared by text edit distance; every other non-box key is compared exactly (labels, types)
-TEXT_KEYS = frozenset({"text", "content"})
+TEXT_KEYS = frozenset({"text", "content", "description", "question", "answer"})
 
 
 def normalise_text(value: Any) -> str:
@@ -84,11 +84,18 @@ def compare_iou(a: Sequence[float] | None, b: Sequence[float] | None, threshold:
     return v < threshold, 1.0 - v
 
 
+#: a video event's interval; matched as the 1-D box [start, 0, end, 1] so IoU is temporal IoU
+TIME_KEYS = ("start", "end")
+
+
 def _box_of(item: Any) -> Sequence[float] | None:
     if isinstance(item, Mapping):
         for k in BOX_KEYS:
             if k in item:
                 return item[k]
+        start, end = item.get("start"), item.get("end")
+        if isinstance(start, int | float) and isinstance(end, int | float):
+            return [float(start), 0.0, float(end), 1.0]
     return None
 
 
@@ -96,7 +103,7 @@ def _items_equal(a: Any, b: Any, tolerance: float) -> bool:
     """Two list items agree apart from their boxes (boxes were matched already)."""
     if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
         return not compare_exact(a, b)[0]
-    for key in (set(a) | set(b)) - set(BOX_KEYS):
+    for key in (set(a) | set(b)) - set(BOX_KEYS) - set(TIME_KEYS):
         if key in TEXT_KEYS:
             if compare_text(a.get(key), b.get(key), tolerance)[0]:
                 return False

@@ -13,6 +13,9 @@ Field kinds (what a value looks like, in the record):
   regions  list of {"bbox": [..], "text": str}             -> rectangles + per-region TextArea
   objects  list of {"bbox_2d": [..], "label": str}         -> RectangleLabels with the object's label
   blocks   document pages with typed blocks (document_layout)
+  events   list of {"start": s, "end": s, "label": str, "description": str} in video seconds
+           -> TimelineLabels regions on the Video (set comparison, matched by temporal IoU)
+  qa       list of {"question": str, "answer": str} -> one TextArea per side, a pair per row
 
 Comparisons (did the reviewer change the value?):
   exact    equality after normalising whitespace/case for strings
@@ -30,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FieldKind = Literal["text", "choice", "box", "regions", "objects", "blocks"]
+FieldKind = Literal["text", "choice", "box", "regions", "objects", "blocks", "events", "qa"]
 Comparison = Literal["exact", "text", "iou", "set"]
 
 
@@ -82,7 +85,7 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,62}$")
     version: int = 1
-    media: Literal["image", "document"]
+    media: Literal["image", "document", "video"]
     description: str = ""
     prompt: str
     #: JSON schema of the model's answer (sent as response_format json_schema to vLLM)

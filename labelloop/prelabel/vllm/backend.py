@@ -148,7 +148,7 @@ class VLLMBackend(Backend):
         return hit[1]
 
     def supports(self, spec: TaskSpec) -> bool:
-        return spec.media == "image"
+        return spec.media in ("image", "video")
 
     def client(self) -> ChatClient:
         """The pooled client of the running loop (a new loop, e.g. a second asyncio.run, gets its own)."""
@@ -223,6 +223,10 @@ class VLLMBackend(Backend):
         ]
 
     async def predict(self, item: Item, data: bytes, spec: TaskSpec) -> PredictionResult:
+        if spec.media == "video":
+            from labelloop.prelabel.vllm.video import predict_video
+
+            return await predict_video(self, item, data, spec)
         t0 = time.perf_counter()
         try:
             img, url = await self._prepare_async(data)

@@ -275,6 +275,7 @@ class ChatClient:
         top_logprobs: int = 1,
         temperature: float = 0.0,
         request_id: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> ChatResult:
         """One completion, retried on transient failures; raises :class:`ChatError` otherwise.
 
@@ -286,6 +287,7 @@ class ChatClient:
         silently ignored there, which would quietly turn off the constraint.
 
         Image URLs in ``messages`` may be plain strings or :class:`DataURL` (cheaper).
+        ``extra_body`` adds vLLM's extra request fields (e.g. ``mm_processor_kwargs`` for video).
         """
         body: dict[str, Any] = {
             "model": model,
@@ -296,6 +298,8 @@ class ChatClient:
         }
         if logprobs and top_logprobs:
             body["top_logprobs"] = top_logprobs
+        if extra_body:
+            body.update(extra_body)
         if json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 from labelloop.prelabel.vllm.jsonspans import JSONSpanError, Node, parse_spans
 from labelloop.specs import TaskSpec
 
-LIST_KINDS = frozenset({"regions", "objects", "blocks"})
+LIST_KINDS = frozenset({"regions", "objects", "blocks", "events", "qa"})
 _REPLACEMENT = "\ufffd"
 
 
