@@ -157,7 +157,8 @@ def build_task(
     result = convert.to_result(spec, view, size, field_scores(spec, pred)) if view and size else []
     task = {
         "data": data,
-        "meta": {"route": rt.route, "prediction_id": pred.id, "item_id": item.id, "page": rt.page},
+        # no route here: task JSON is open to every annotator, and audits must stay blind
+        "meta": {"prediction_id": pred.id, "item_id": item.id, "page": rt.page},
         # a failed prediction still gets an (empty) prediction: score 0 puts it first in the queue
         "predictions": [
             {

@@ -39,6 +39,24 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 REVIEW_VIEW_TITLE = "Worst first"
 #: task data columns no reviewer needs (content hashes); hidden in the review tab
 HIDDEN_DATA_COLUMNS = ("item", "external_id")
+#: Data Manager's own columns (label_studio/data_manager/functions.py) that push the file name
+#: off screen and tell a reviewer nothing about what to look at next; hidden in the review tab
+HIDDEN_TASK_COLUMNS = (
+    "inner_id",
+    "annotators",
+    "annotations_results",
+    "annotations_ids",
+    "predictions_model_versions",
+    "predictions_results",
+    "file_upload",
+    "storage_filename",
+    "created_at",
+    "updated_at",
+    "updated_by",
+    "avg_lead_time",
+    "draft_exists",
+    "total_predictions",
+)
 
 
 def instructions(spec: TaskSpec) -> str:
@@ -49,16 +67,14 @@ def instructions(spec: TaskSpec) -> str:
 
 def review_view_data(spec: TaskSpec) -> dict[str, object]:
     """The Data Manager tab (the ``data`` of ``POST /api/dm/views``) as the frontend stores it."""
+    hidden = [f"tasks:data.{c}" for c in HIDDEN_DATA_COLUMNS] + [f"tasks:{c}" for c in HIDDEN_TASK_COLUMNS]
     return {
         "title": REVIEW_VIEW_TITLE,
         "type": "list",
         "target": "tasks",
         "ordering": ["tasks:predictions_score"],
         "filters": {"conjunction": "and", "items": []},
-        "hiddenColumns": {
-            "explore": [f"tasks:data.{c}" for c in HIDDEN_DATA_COLUMNS],
-            "labeling": [f"tasks:data.{c}" for c in HIDDEN_DATA_COLUMNS],
-        },
+        "hiddenColumns": {"explore": hidden, "labeling": hidden},
     }
 
 
