@@ -311,18 +311,18 @@ def test_identity_follows_render_dpi(sqlite_settings: Settings, store: LocalStor
 def test_document_operator_runs_one_batch(
     sqlite_settings: Settings, sqlite_db: Database, store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from labelloop_airflow.prelabel_documents import DocumentPrelabelOperator
+    from labelloop_airflow.prelabel import PrelabelOperator
 
     monkeypatch.setenv("LABELLOOP_HOME", str(sqlite_settings.home))
     monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url)
     monkeypatch.setenv("LABELLOOP_STORAGE__ROOT", str(sqlite_settings.storage.root))
     first = add_item(sqlite_db, store, small_pdf(1), "a")
     add_item(sqlite_db, store, small_pdf(1, "Another document entirely, about rivers."), "b")
-    op = DocumentPrelabelOperator(task_id="prelabel_documents", backend="pymupdf", item_ids=[first])
+    op = PrelabelOperator(task_id="prelabel_documents", spec="document_layout", backend="pymupdf", item_ids=[first])
     out = op.execute({})
     assert (out["considered"], out["ok"], out["failed"]) == (1, 1, 0)
     assert out["spec"] == "document_layout" and out["model"] == "pymupdf4llm-layout"
     with sqlite_db.session() as s:
         assert [p.item_id for p in s.scalars(select(Prediction))] == [first]
     with pytest.raises(ValueError, match="not a document backend"):
-        DocumentPrelabelOperator(task_id="x", backend="vllm").execute({})
+        PrelabelOperator(task_id="x", spec="document_layout", backend="vllm").execute({})

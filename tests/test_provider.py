@@ -3,23 +3,63 @@
 from __future__ import annotations
 
 import importlib.util
-import tomllib
+import runpy
 from pathlib import Path
+from typing import Any
 
-from setuptools import find_namespace_packages
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_no_generic_top_level_operators_package() -> None:
+def _setup_kwargs(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What setup.py hands to setuptools (the package layout lives there, see its docstring)."""
+    import setuptools
+
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: captured.update(kw))
+    monkeypatch.chdir(REPO)
+    runpy.run_path(str(REPO / "setup.py"))
+    return captured
+
+
+def test_no_generic_top_level_operators_package(monkeypatch: pytest.MonkeyPatch) -> None:
     # `operators/` is only the source folder; what the wheel installs has project-specific names
     assert not (REPO / "operators" / "__init__.py").exists()
-    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    found = [p for where in find["where"] for p in find_namespace_packages(REPO / where, include=find["include"])]
+    found = _setup_kwargs(monkeypatch)["packages"]
     assert {p.split(".")[0] for p in found} == {"labelloop", "labelloop_airflow"}
-    assert "labelloop_airflow.hooks" in found
+    assert {"labelloop_airflow.hooks", "labelloop.cli", "labelloop.db.migrations"} <= set(found)
     spec = importlib.util.find_spec("labelloop_airflow")
     assert spec is not None and spec.origin == str(REPO / "operators" / "labelloop_airflow" / "__init__.py")
+
+
+def test_package_data_covers_specs_label_configs_and_migrations(monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = _setup_kwargs(monkeypatch)
+    data = kw["package_data"]
+    assert kw["package_dir"]["labelloop.db.migrations"] == "sql/migrations"
+    for pkg, folder in (
+        ("labelloop.specs", REPO / "labelloop/specs"),
+        ("labelloop.db.migrations", REPO / "sql/migrations"),
+    ):
+        shipped = {p for pattern in data[pkg] for p in folder.glob(pattern)}
+        wanted = {*folder.glob("*.yaml"), *folder.glob("label_config/*.xml"), *folder.glob("versions/*.py")}
+        assert wanted and wanted <= shipped, pkg
+
+
+def test_declared_provider_dependencies_supply_our_connection_types() -> None:
+    """apache-airflow-providers-postgres/-amazon are never imported: they are what gives the
+    curation DB and object store hooks their connection types (postgres, aws) in Airflow's form."""
+    from airflow.providers_manager import ProvidersManager
+    from labelloop_airflow.hooks.curation_db import CurationDBHook
+    from labelloop_airflow.hooks.object_store import ObjectStoreHook
+
+    hooks = ProvidersManager().hooks
+    for hook, package in (
+        (CurationDBHook, "apache-airflow-providers-postgres"),
+        (ObjectStoreHook, "apache-airflow-providers-amazon"),
+    ):
+        info = hooks[hook.conn_type]
+        assert info is not None and info.package_name == package, hook.conn_type
 
 
 def test_provider_registers_connection_types() -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from labelloop.config import Settings
 from labelloop.db import Database, Item, Prediction, ReviewTask
@@ -112,12 +113,45 @@ def field_scores(spec: TaskSpec, pred: Prediction) -> dict[str, Any]:
     return out
 
 
+def original_name(item: Item) -> str:
+    """The file name the item first arrived under (content is stored by hash; people know names)."""
+    if not item.aliases:
+        return item.sha256[:12]
+    first = min(item.aliases, key=lambda a: (a.first_seen_at, a.id))
+    return first.source_uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def unsure_fields(spec: TaskSpec, rt: ReviewTask) -> list[str]:
+    """The fields the routing found below their threshold, least confident first.
+
+    An audit sample passed every field, and an empty column would tell the reviewer it is one;
+    so when no field failed, the least confident field is named instead, as for any other task
+    whose weakest field is worth a look. Audits stay blind.
+    """
+    evidence = {k: v for k, v in (rt.decision or {}).items() if k in spec.fields and isinstance(v, dict)}
+
+    def conf(name: str) -> float:
+        c = evidence[name].get("confidence")
+        return -1.0 if c is None else float(c)
+
+    failing = sorted((n for n, e in evidence.items() if not e.get("pass")), key=conf)
+    if failing:
+        return failing
+    return sorted(evidence, key=conf)[:1]
+
+
 def build_task(
     spec: TaskSpec, rt: ReviewTask, pred: Prediction, item: Item, media: MediaLinker
 ) -> tuple[dict[str, Any], dict[str, set[str]]]:
     """The Label Studio task for one review task, and the object labels its prediction uses."""
     key = media_key(spec, item, pred, rt.page)
-    data: dict[str, Any] = {"image": media.url(key), "external_id": rt.external_id, "item": item.sha256}
+    data: dict[str, Any] = {
+        "image": media.url(key),
+        "external_id": rt.external_id,
+        "item": item.sha256,
+        "file_name": original_name(item),
+        "unsure": ", ".join(unsure_fields(spec, rt)),
+    }
     if spec.media == "document":
         data["page"] = rt.page
     if pred.status != "ok":  # only with routing.review_failures: say why the task is empty
@@ -129,7 +163,8 @@ def build_task(
     result = convert.to_result(spec, view, size, field_scores(spec, pred)) if view and size else []
     task = {
         "data": data,
-        "meta": {"route": rt.route, "prediction_id": pred.id, "item_id": item.id, "page": rt.page},
+        # no route here: task JSON is open to every annotator, and audits must stay blind
+        "meta": {"prediction_id": pred.id, "item_id": item.id, "page": rt.page},
         # a failed prediction (routed only with routing.review_failures) gets an empty one:
         # score 0 puts it first in the queue
         "predictions": [
@@ -244,6 +279,7 @@ def _pending(spec: TaskSpec, after_id: int, limit: int) -> Any:
         .where(ReviewTask.spec == spec.name, ReviewTask.status == STATUS_PENDING, ReviewTask.id > after_id)
         .order_by(ReviewTask.id)
         .limit(limit)
+        .options(selectinload(Item.aliases))  # original_name() for a chunk in one query
     )
 
 

@@ -10,6 +10,11 @@ we then use the one that exists. The project is set up for review of pre-labeled
 * ``model_version`` is set to the version just imported, because the UI pre-fills only
   predictions of the project's ``model_version`` and Label Studio never moves it past the first
   version it saw (reference 5.6): without this, a new model's pre-annotations are invisible.
+* the spec's ``description`` is the project's instructions (shown before labeling), and a
+  Data Manager tab :data:`REVIEW_VIEW_TITLE` (organisation-wide) lists the tasks worst-first
+  (``tasks:predictions_score`` ascending) with the original file name, the page and the fields
+  the model was least sure of, hiding the two sha256 columns (``item``, ``external_id``). Whether
+  a task is an audit sample is in no column: audits stay blind.
 """
 
 from __future__ import annotations
@@ -29,6 +34,60 @@ log = logging.getLogger(__name__)
 
 #: project ``sampling`` value behind "prediction-score-min" (label_studio/server.py sampling_map)
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+#: title of the Data Manager tab we create; found by this title, so renaming it makes a new one
+REVIEW_VIEW_TITLE = "Worst first"
+#: task data columns no reviewer needs (content hashes); hidden in the review tab
+HIDDEN_DATA_COLUMNS = ("item", "external_id")
+#: Data Manager's own columns (label_studio/data_manager/functions.py) that push the file name
+#: off screen and tell a reviewer nothing about what to look at next; hidden in the review tab
+HIDDEN_TASK_COLUMNS = (
+    "inner_id",
+    "annotators",
+    "annotations_results",
+    "annotations_ids",
+    "predictions_model_versions",
+    "predictions_results",
+    "file_upload",
+    "storage_filename",
+    "created_at",
+    "updated_at",
+    "updated_by",
+    "avg_lead_time",
+    "draft_exists",
+    "total_predictions",
+)
+
+
+def instructions(spec: TaskSpec) -> str:
+    """The project's instructions: what the spec labels, in the spec's own words."""
+    text = spec.description.strip() or f"Review the '{spec.name}' pre-labels."
+    return f"<p>{text}</p><p>Tasks are ordered worst first: the model's least sure pre-labels come first.</p>"
+
+
+def review_view_data(spec: TaskSpec) -> dict[str, object]:
+    """The Data Manager tab (the ``data`` of ``POST /api/dm/views``) as the frontend stores it."""
+    hidden = [f"tasks:data.{c}" for c in HIDDEN_DATA_COLUMNS] + [f"tasks:{c}" for c in HIDDEN_TASK_COLUMNS]
+    return {
+        "title": REVIEW_VIEW_TITLE,
+        "type": "list",
+        "target": "tasks",
+        "ordering": ["tasks:predictions_score"],
+        "filters": {"conjunction": "and", "items": []},
+        "hiddenColumns": {"explore": hidden, "labeling": hidden},
+    }
+
+
+def ensure_review_view(ls: LabelStudio, project_id: int, spec: TaskSpec) -> int:
+    """Create the worst-first tab unless the project has one (a reviewer's edits to it are kept)."""
+    views = call(f"list views of project {project_id}", ls.views.list, project=project_id)
+    for v in views:
+        if (v.data or {}).get("title") == REVIEW_VIEW_TITLE and v.project == project_id:
+            return int(v.id)
+    created = call(
+        f"create review view of project {project_id}", ls.views.create, project=project_id, data=review_view_data(spec)
+    )
+    return int(created.id)
 
 
 def project_title(prefix: str, spec: TaskSpec | str) -> str:
@@ -59,12 +118,15 @@ def ensure_project(ls: LabelStudio, prefix: str, spec: TaskSpec, label_config: s
                 title=title,
                 label_config=label_config,
                 description=f"labelloop review of '{spec.name}' pre-labels (lowest confidence first)",
+                expert_instruction=instructions(spec),
+                show_instruction=True,
                 sampling=UNCERTAINTY_SAMPLING,
                 show_collab_predictions=True,
                 show_skip_button=True,
                 maximum_annotations=1,
             )
             log.info("created Label Studio project %s (%s)", created.id, title)
+            ensure_review_view(ls, int(created.id), spec)
             return int(created.id)
         except LabelStudioError as e:
             pid = find_project(ls, title)  # lost a race with another worker: use its project
@@ -77,8 +139,11 @@ def ensure_project(ls: LabelStudio, prefix: str, spec: TaskSpec, label_config: s
         updates["label_config"] = desired
     if project.sampling != UNCERTAINTY_SAMPLING:
         updates["sampling"] = UNCERTAINTY_SAMPLING
+    if (project.expert_instruction or "") != instructions(spec):
+        updates.update(expert_instruction=instructions(spec), show_instruction=True)
     if updates:
         call(f"update project {pid}", ls.projects.update, id=pid, **updates)
+    ensure_review_view(ls, int(pid), spec)
     return int(pid)
 
 
