@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/ensure-postgres.sh
 scripts/ensure-chromium.sh
+scripts/ensure-libreoffice.sh
 export LABELLOOP_TEST_PG_ADMIN_URL=${LABELLOOP_TEST_PG_ADMIN_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/postgres}
 .venv/bin/ruff check .
 set +e
