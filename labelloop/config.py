@@ -76,6 +76,19 @@ class IngestSettings(BaseModel):
         3840 * 2160, ge=1, description="Videos whose frames have more pixels (after rotation) are rejected."
     )
     commit_every: int = Field(200, ge=1, description="Items per database transaction during ingest.")
+    office: bool = Field(
+        True,
+        description="Ingest office and web documents (DOCX, PPTX, XLSX, ODT/ODS/ODP, EPUB, HTML) "
+        "instead of rejecting them; they are rendered to PDF for review (LibreOffice).",
+    )
+    max_office_uncompressed_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="Zip containers (DOCX, PPTX, XLSX, ODF, EPUB) that expand beyond this are rejected (zip bomb).",
+    )
+    max_office_ratio: float = Field(
+        200.0, gt=1, description="Zip members compressed more than this many times are rejected (zip bomb)."
+    )
     follow_symlinks: bool = Field(False, description="Follow symbolic links when walking a folder.")
 
 
@@ -123,27 +136,74 @@ class VLLMSettings(BaseModel):
 
 
 class MinerUSettings(BaseModel):
-    mode: Literal["cli", "http"] = Field("cli", description="Run MinerU as a CLI or call mineru-api.")
+    mode: Literal["cli", "http", "cloud"] = Field(
+        "cli",
+        description="Run MinerU as a CLI (its own virtualenv), call a self-hosted mineru-api (4.x, "
+        "/v1/tasks), or the mineru.net cloud API (v4).",
+    )
     command: str = Field(
-        "mineru -p {input} -o {output} -b pipeline",
-        description="CLI command template; {input} and {output} are substituted. "
-        "magic-pdf 1.3: 'magic-pdf -p {input} -o {output} -m auto'.",
+        "mineru-kit parse {input} -o {output} --tier {tier} -f middle_json -p {pages}",
+        description="CLI command template; {input}, {output}, {tier} and {pages} (1-based, e.g. '1-3,5') "
+        "are substituted. A bare executable is looked up in `venv`/bin first, then on PATH. "
+        "mineru 2.x: 'mineru -p {input} -o {output} -b pipeline'; magic-pdf 1.3: "
+        "'magic-pdf -p {input} -o {output} -m auto'.",
+    )
+    venv: Path = Field(
+        Path(".venv-mineru"),
+        description="MinerU's own virtualenv (scripts/ensure-mineru.sh builds it from requirements/mineru.txt).",
+    )
+    tier: Literal["flash", "basic", "standard", "advanced"] = Field(
+        "flash",
+        description="Tier for pages with a text layer. flash needs no models (text layer, office "
+        "documents); basic/standard/advanced need MinerU's models.",
+    )
+    scan_tier: Literal["basic", "standard", "advanced"] = Field(
+        "basic",
+        description="Tier for pages without a text layer when MinerU's models are present; without "
+        "them such pages go through the CPU OCR path (RapidOCR) and the provenance says so.",
+    )
+    home: Path | None = Field(
+        None,
+        description="MINERU_HOME of the MinerU runs (models in <home>/models, from "
+        "`mineru-kit models download`); None: MinerU's default, ~/.mineru.",
+    )
+    models_present: bool | None = Field(
+        None,
+        description="Whether MinerU's OCR models are installed; None: look for "
+        "<home>/models/MinerU-4_models_onnx/.mineru_complete (mode=cli). mode=http/cloud: set it "
+        "for the server (a GPU node usually has them).",
+    )
+    agreement: bool = Field(
+        True,
+        description="Score MinerU 4.x blocks (which carry no score) by agreement with the pymupdf "
+        "layout backend on the same page; off: every 4.x block scores 0 and goes to review.",
     )
     api_url: str = Field("http://127.0.0.1:8010", description="mineru-api base URL (mode=http).")
+    api_key: SecretStr = Field(SecretStr(""), description="mineru-api --api-key, if the server has one (mode=http).")
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="First poll delay of a task (http/cloud); doubles up to 30 s."
+    )
     timeout_s: float = Field(1800.0, gt=0, description="Timeout per document, in seconds.")
     version: str | None = Field(
         None,
-        description="MinerU version label in the prediction identity (e.g. '2.5.4'). None: ask the "
-        "CLI once with --version (mode=cli) or use 'unknown' (mode=http). The version MinerU writes "
-        "into its output is recorded with each prediction.",
+        description="MinerU version label in the prediction identity (e.g. '4.0.12'). None: ask the "
+        "CLI once with --version (mode=cli), the server's /v1/health (mode=http), or 'cloud'. The "
+        "version MinerU writes into its output is recorded with each prediction.",
     )
-    backend: str = Field(
-        "pipeline",
-        description="mineru-api 'backend' form field (mode=http); the CLI takes it from `command`.",
+    lang: str = Field("ch", description="OCR language hint (cloud `language`).")
+    max_retries: int = Field(3, ge=0, description="HTTP retries on 429, 5xx, timeouts and connection errors.")
+    cloud_url: str = Field("https://mineru.net/api/v4", description="mineru.net API base URL (mode=cloud).")
+    cloud_token: SecretStr = Field(
+        SecretStr(""),
+        description="mineru.net API token (mode=cloud); in Airflow, the password of the `mineru` connection.",
     )
-    parse_method: str = Field("auto", description="mineru-api 'parse_method' (auto|txt|ocr), mode=http.")
-    lang: str = Field("ch", description="mineru-api 'lang_list' entry (OCR language), mode=http.")
-    max_retries: int = Field(3, ge=0, description="HTTP retries on 5xx, timeouts and connection errors.")
+    cloud_model_version: Literal["pipeline", "vlm"] = Field(
+        "pipeline", description="mineru.net model_version; pipeline gives layout scores in layout.json."
+    )
+    cloud_max_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="mineru.net file size limit, checked before upload."
+    )
+    cloud_max_pages: int = Field(600, ge=1, description="mineru.net page limit, checked before upload.")
 
 
 class DocumentSettings(BaseModel):

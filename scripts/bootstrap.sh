@@ -2,7 +2,8 @@
 # Create or refresh the virtualenvs from the pinned lock files (idempotent; fast when up to date):
 #   .venv     the platform (Airflow, label-studio-sdk, GX, backends, test tools)
 #   .venv-ls  the Label Studio server, whose pins clash with Airflow's
-# Set LABELLOOP_SKIP_LS_VENV=1 to skip the Label Studio server venv.
+#   .venv-mineru  MinerU 4.x (scripts/ensure-mineru.sh), whose pins clash too
+# Set LABELLOOP_SKIP_LS_VENV=1 / LABELLOOP_SKIP_MINERU_VENV=1 to skip those venvs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,4 +40,7 @@ sync_venv() {  # sync_venv DIR LOCKFILE [editable]
 sync_venv .venv requirements/lock.txt editable
 if [[ "${LABELLOOP_SKIP_LS_VENV:-0}" != "1" ]]; then
   sync_venv .venv-ls requirements/label-studio.txt
+fi
+if [[ "${LABELLOOP_SKIP_MINERU_VENV:-0}" != "1" ]]; then
+  PYTHON="$PYTHON_BIN" scripts/ensure-mineru.sh
 fi

@@ -7,6 +7,7 @@ scripts/bootstrap.sh
 scripts/ensure-postgres.sh
 scripts/ensure-chromium.sh
 scripts/ensure-fonts.sh
+scripts/ensure-libreoffice.sh
 export LABELLOOP_TEST_PG_ADMIN_URL=${LABELLOOP_TEST_PG_ADMIN_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/postgres}
 .venv/bin/ruff check .
 set +e

@@ -1,27 +1,22 @@
-"""MinerU backend: CLI mode against fake executables, HTTP mode against a fake mineru-api.
+"""MinerU backend: CLI mode against fake 1.3/2.x executables (real MinerU 4.x: test_mineru4.py).
 
-MinerU itself cannot be installed here. The fake ``mineru``/``magic-pdf`` scripts (written into
-tmp_path by the tests) and the fake mineru-api server serve the HAND-WRITTEN output files in
-``tests/data/mineru/`` (written following MinerU's documented schema, not real MinerU output).
-The fakes misbehave on request (a marker in the PDF's metadata): crash, or hang past the timeout
-with a worker child that must be killed too.
+The fake ``mineru``/``magic-pdf`` scripts (written into tmp_path by the tests) serve the
+HAND-WRITTEN output files in ``tests/data/mineru/`` (MinerU 1.3/2.x's documented schema, whose
+versions are not installed here). They also misbehave on request (a marker in the PDF's metadata):
+crash, or hang past the timeout with a worker child that must be killed too, which real MinerU
+cannot be made to do on demand.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import hashlib
 import json
 import os
 import socket
 import stat
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +26,6 @@ from sqlalchemy import select
 
 from labelloop.config import MinerUSettings, Settings
 from labelloop.db import Database, Item, Prediction
-from labelloop.documents.mineru_parse import load_output_dir
 from labelloop.documents.record import DocumentRecord
 from labelloop.documents.render import png_size
 from labelloop.prelabel.base import PredictionResult
@@ -119,7 +113,9 @@ def doc_item(data: bytes, item_id: int = 1) -> Item:
 
 
 def with_mineru(settings: Settings, **kw: Any) -> Settings:
-    return settings.model_copy(update={"mineru": MinerUSettings(**kw)})
+    # the made-up A4 pages hold a line of text each: count them as text-layer pages
+    docs = settings.documents.model_copy(update={"ocr_min_chars": 1})
+    return settings.model_copy(update={"mineru": MinerUSettings(**kw), "documents": docs})
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +163,7 @@ def test_cli_mineru_2x(tmp_path: Path, sqlite_settings: Settings, store: LocalSt
     # per page: the final block scores and, per block, the layout and OCR factors behind them
     page1 = res.confidence_detail["pages"][1]
     assert page1["scores"] == [b.score for b in rec.pages[1].blocks]
-    assert page1["blocks"][0] == {"layout": 0.93, "ocr": 0.874} and page1["from"] == "middle"
+    assert page1["block_scores"][0] == {"layout": 0.93, "ocr": 0.874} and page1["from"] == "middle"
     assert "version_mismatch" not in res.confidence_detail
     assert [b.type for b in rec.pages[1].blocks] == ["text", "list"]
 
@@ -283,139 +279,6 @@ def test_cli_without_output(tmp_path: Path, sqlite_settings: Settings, store: Lo
     assert res.status == "failed" and "wrote no output" in res.error
 
 
-# --------------------------------------------------------------------------- HTTP
-
-
-class FakeMinerUAPI:
-    """A tiny mineru-api: ``POST /file_parse`` answering from the hand-written 2.x files."""
-
-    def __init__(self) -> None:
-        self.behaviour: list[str] = []  # consumed per request: "ok", "503", "500", "400", "slow"
-        self.requests: list[dict[str, Any]] = []
-        files = load_output_dir(GEN_2X)
-        self.payload = {
-            "md_content": files.markdown,
-            "middle_json": json.dumps(files.middle),
-            "model_output": json.dumps(files.model),
-            "content_list": json.dumps(files.content_list),
-        }
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                form = api.parse_form(self.headers["Content-Type"], body)
-                api.requests.append(form)
-                action = api.behaviour.pop(0) if api.behaviour else "ok"
-                if self.path != "/file_parse":
-                    return self.reply(404, {"detail": "Not Found"})
-                if action == "slow":
-                    time.sleep(3)
-                if action in ("503", "500", "400"):
-                    return self.reply(int(action), {"detail": f"error {action}"})
-                stem = form["filename"].rsplit(".", 1)[0]
-                self.reply(200, {"backend": "pipeline", "version": "2.5.4", "results": {stem: api.payload}})
-
-            def reply(self, code: int, obj: dict[str, Any]) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @staticmethod
-    def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
-        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {content_type}\r\n\r\n".encode() + body
-        )
-        form: dict[str, Any] = {}
-        for part in msg.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if part.get_filename():
-                form["filename"] = part.get_filename()
-                form[name] = part.get_payload(decode=True)
-            else:
-                form[name] = part.get_content().strip()
-        return form
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeMinerUAPI]:
-    api = FakeMinerUAPI()
-    api.thread.start()
-    yield api
-    api.server.shutdown()
-    api.server.server_close()
-
-
-def http_backend(settings: Settings, store: ObjectStore, url: str, **kw: Any) -> MinerUBackend:
-    backend = MinerUBackend(with_mineru(settings, mode="http", api_url=url, **kw), store)
-    backend.retry_wait_s = 0.01
-    return backend
-
-
-def test_http_mode(fake_api: FakeMinerUAPI, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
-    backend = http_backend(sqlite_settings, store, fake_api.url, version="2.5.4")
-    assert backend.model_version == "mineru-2.5.4-pipeline"
-    data = a4_pdf()
-    res = predict(backend, data, spec)
-    check_ok(res, store)
-    assert res.confidence_detail["mode"] == "http"
-    (form,) = fake_api.requests
-    assert form["filename"] == f"{hashlib.sha256(data).hexdigest()}.pdf" and form["files"] == data
-    assert form["backend"] == "pipeline" and form["parse_method"] == "auto" and form["lang_list"] == "ch"
-    for flag in ("return_md", "return_middle_json", "return_model_output", "return_content_list"):
-        assert form[flag] == "true"
-    assert form["return_images"] == "false" and form["response_format_zip"] == "false"
-
-
-def test_http_retries_5xx(
-    fake_api: FakeMinerUAPI, sqlite_settings: Settings, store: LocalStore, spec: TaskSpec
-) -> None:
-    fake_api.behaviour = ["503", "500"]
-    res = predict(http_backend(sqlite_settings, store, fake_api.url, max_retries=2), a4_pdf(), spec)
-    assert res.status == "ok" and len(fake_api.requests) == 3
-
-
-@pytest.mark.parametrize(
-    ("behaviour", "settings_kw", "error"),
-    [
-        (["500"] * 5, {"max_retries": 1}, "mineru-api failed after 2 attempts: HTTP 500"),
-        (["400"], {}, "mineru-api rejected the document: HTTP 400"),
-        (["slow"], {"timeout_s": 1, "max_retries": 0}, "mineru-api timed out after 1 s"),
-    ],
-)
-def test_http_failures(
-    fake_api: FakeMinerUAPI,
-    sqlite_settings: Settings,
-    store: LocalStore,
-    spec: TaskSpec,
-    behaviour: list[str],
-    settings_kw: dict[str, Any],
-    error: str,
-) -> None:
-    retried = behaviour[0] == "500"  # only 5xx (and timeouts) are retried; a 400 is final
-    fake_api.behaviour = list(behaviour)
-    res = predict(http_backend(sqlite_settings, store, fake_api.url, **settings_kw), a4_pdf(), spec)
-    assert res.status == "failed" and res.error.startswith(error), res.error
-    assert len(fake_api.requests) == (settings_kw["max_retries"] + 1 if retried else 1)
-
-
-def test_http_unreachable(sqlite_settings: Settings, store: LocalStore, spec: TaskSpec) -> None:
-    res = predict(
-        http_backend(sqlite_settings, store, f"http://127.0.0.1:{free_port()}", max_retries=1), a4_pdf(), spec
-    )
-    assert res.status == "failed" and "ConnectError" in res.error
-
-
 # --------------------------------------------------------------------------- Airflow hook
 
 
@@ -430,11 +293,13 @@ def test_mineru_hook(monkeypatch: pytest.MonkeyPatch, sqlite_settings: Settings)
                 "conn_type": "mineru",
                 "host": "gpu-node-1",
                 "port": 8010,
-                "extra": {"mode": "http", "backend": "vlm-http-client", "timeout_s": 600},
+                "password": "s3cret",
+                "extra": {"mode": "http", "tier": "standard", "timeout_s": 600},
             }
         ),
     )
     merged = MinerUHook().apply(sqlite_settings).mineru
     assert merged.api_url == "http://gpu-node-1:8010"
-    assert (merged.mode, merged.backend, merged.timeout_s) == ("http", "vlm-http-client", 600)
+    assert (merged.mode, merged.tier, merged.timeout_s) == ("http", "standard", 600)
+    assert merged.api_key.get_secret_value() == "s3cret" and "s3cret" not in repr(merged)
     assert merged.command == sqlite_settings.mineru.command  # not in the connection: default kept

@@ -11,6 +11,8 @@ MinerU writes three JSON views of a document, each in its own coordinates
   lives here. Converted via points: ``x_pt = x_px * page_w_pt / page_info.width``.
 * ``*_content_list.json``: reading-order items; magic-pdf 1.3 has no boxes, mineru 2.x has
   ``bbox`` in 0-1000 of the page.
+* MinerU 4.x: one ``<stem>.json`` in DocVortex ``docvortex.middle`` 2.0 (boxes 0-1 of the page, no
+  scores), read by :mod:`labelloop.documents.docvortex`.
 
 Generations: magic-pdf 1.3 marks middle.json with ``_parse_type`` (txt|ocr) and names image
 captions ``img_caption``; mineru 2.x uses ``_backend`` (pipeline|vlm) and ``image_caption``.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labelloop.documents import docvortex
 from labelloop.documents.record import Block, make_block
 from labelloop.documents.render import PageGeometry, iou
 from labelloop.documents.text import join_fragments
@@ -115,16 +118,24 @@ class MinerUOutput:
     model: list[Any] | None = None
     content_list: list[dict[str, Any]] | None = None
     origin: str = ""
+    #: MinerU 4.x DocVortex ``docvortex.middle`` document
+    docvortex: dict[str, Any] | None = None
+    #: mineru.net ``layout.json`` (a 2.x-style middle.json whose blocks carry layout scores)
+    layout: dict[str, Any] | None = None
 
     @property
     def version(self) -> str | None:
         """MinerU's own version label (``_version_name``), when the output carries it."""
+        if self.docvortex is not None:
+            return docvortex.producer_version(self.docvortex)
         v = (self.middle or {}).get("_version_name")
         return str(v) if v else None
 
     @property
     def generation(self) -> str:
-        """'magic-pdf-1.3' or 'mineru-2' (unknown outputs are read with the 2.x rules)."""
+        """'magic-pdf-1.3', 'mineru-2' or 'mineru-4' (unknown outputs are read with the 2.x rules)."""
+        if self.docvortex is not None:
+            return "mineru-4"
         m = self.middle or {}
         if "_parse_type" in m or (self.version or "").startswith(("0.", "1.")):
             return "magic-pdf-1.3"
@@ -132,7 +143,10 @@ class MinerUOutput:
 
     @property
     def backend(self) -> str | None:
-        """2.x ``_backend`` (pipeline|vlm), or 1.3's ``_parse_type`` (txt|ocr)."""
+        """2.x ``_backend`` (pipeline|vlm), 1.3's ``_parse_type`` (txt|ocr), 4.x's tier."""
+        if self.docvortex is not None:
+            tier = docvortex.mineru_extension(self.docvortex).get("tier")
+            return str(tier) if tier else None
         m = self.middle or {}
         v = m.get("_backend") or m.get("_parse_type")
         return str(v) if v else None
@@ -190,6 +204,9 @@ def load_output_dir(path: Path) -> MinerUOutput:
     content = one("*_content_list.json", exclude="_content_list_v2.json")
     mds = sorted(path.glob("*.md"))
     if not (middle or model or content):
+        dv = _docvortex_file(path)
+        if dv is not None:
+            return load_docvortex(dv)
         raise MinerUOutputError(f"no *_middle.json, *_model.json or *_content_list.json in {path}")
     try:
         return MinerUOutput(
@@ -207,6 +224,24 @@ def load_output_dir(path: Path) -> MinerUOutput:
 _METHOD_PREFERENCE = ("auto", "vlm", "hybrid_auto", "ocr", "txt")
 
 
+def _docvortex_file(path: Path) -> Path | None:
+    """The DocVortex document in a folder: mineru-kit names it ``<stem>.json`` (one per input)."""
+    found = sorted(path.glob("*.json"))
+    return found[0] if len(found) == 1 else None
+
+
+def load_docvortex(path: Path) -> MinerUOutput:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MinerUOutputError(f"unreadable MinerU output {path}: {e}") from None
+    try:
+        docvortex.check(doc)
+    except docvortex.DocVortexError as e:
+        raise MinerUOutputError(f"{path}: {e}") from None
+    return MinerUOutput(docvortex=doc, origin=str(path))
+
+
 def find_output_dir(out_root: Path, stem: str) -> Path:
     """The folder holding MinerU's files for ``stem``.
 
@@ -215,6 +250,8 @@ def find_output_dir(out_root: Path, stem: str) -> Path:
     backend (3.x adds ``hybrid_<method>``). Anything else is found by searching for the files.
     """
     base = out_root / stem
+    if (out_root / f"{stem}.json").is_file():  # mineru 4.x: <out>/<stem>.json
+        return out_root
     candidates = [d for d in base.iterdir() if d.is_dir()] if base.is_dir() else []
     with_files = [d for d in candidates if _has_outputs(d)]
     if with_files:
@@ -509,6 +546,8 @@ def _markdown_from_content_list(items: list[dict[str, Any]]) -> str:
 
 def parse_output(output: MinerUOutput, geoms: list[PageGeometry]) -> ParsedDocument:
     """Blocks per page (in our pixels), the Markdown and score evidence for one document."""
+    if output.docvortex is not None:
+        return parse_docvortex(output, geoms)
     middle_pages = list((output.middle or {}).get("pdf_info") or [])
     if len(middle_pages) > len(geoms):
         raise MinerUOutputError(f"MinerU returned {len(middle_pages)} pages for a {len(geoms)}-page PDF")
@@ -593,3 +632,74 @@ def _finish_page(raws: list[_Raw], dets: list[_Det], geom: PageGeometry) -> tupl
         )
         scores.append({"layout": layout, "ocr": r.ocr_score})
     return out, {"page": geom.page, "unscored": unscored, "blocks": scores}
+
+
+# --------------------------------------------------------------------------- MinerU 4.x
+
+
+def parse_docvortex(output: MinerUOutput, geoms: list[PageGeometry]) -> ParsedDocument:
+    """MinerU 4.x DocVortex output -> blocks in our pixels, unscored (see module docstring).
+
+    Pages MinerU was not asked to parse (``-p``) are absent from its output and come back empty
+    with ``from: "none"``; the caller fills them from another engine.
+    """
+    assert output.docvortex is not None
+    try:
+        by_page = docvortex.pages(output.docvortex)
+    except docvortex.DocVortexError as e:
+        raise MinerUOutputError(f"MinerU output: {e}") from None
+    if by_page and max(by_page) >= len(geoms):
+        raise MinerUOutputError(f"MinerU returned page {max(by_page)} for a {len(geoms)}-page document")
+    ext = docvortex.mineru_extension(output.docvortex)
+    text_source = "ocr" if ext.get("parse_mode") == "ocr" else "text_layer"
+    blocks: list[list[Block]] = []
+    pages_detail: list[dict[str, Any]] = []
+    dv_all: list[docvortex.DVBlock] = []
+    for geom in geoms:
+        page_blocks: list[Block] = []
+        missing_bbox = 0
+        for b in by_page.get(geom.page, []):
+            if b.bbox is None:
+                missing_bbox += 1
+                continue
+            dv_all.append(b)
+            x0, y0, x1, y1 = b.bbox
+            px = (x0 * geom.width_px, y0 * geom.height_px, x1 * geom.width_px, y1 * geom.height_px)
+            source = "layout" if b.type in ("table", "image", "equation") else text_source
+            page_blocks.append(
+                make_block(
+                    b.type,
+                    px,
+                    geom.width_px,
+                    geom.height_px,
+                    content=b.content,
+                    score=UNSCORED_BLOCK_SCORE,
+                    source=source,
+                )
+            )
+        blocks.append(page_blocks)
+        detail: dict[str, Any] = {
+            "page": geom.page,
+            "from": "docvortex" if geom.page in by_page else "none",
+            "unscored": len(page_blocks),
+            "blocks": [{"layout": None, "ocr": None} for _ in page_blocks],
+        }
+        if missing_bbox:
+            detail["blocks_without_bbox"] = missing_bbox
+        pages_detail.append(detail)
+    if not any(d["from"] == "docvortex" for d in pages_detail):
+        raise MinerUOutputError("MinerU output has no pages")
+    return ParsedDocument(
+        blocks=blocks,
+        markdown=docvortex.markdown(dv_all).strip(),
+        detail={
+            "mineru_version": output.version,
+            "mineru_backend": output.backend,
+            "mineru_tier": ext.get("tier"),
+            "mineru_parse_mode": ext.get("parse_mode"),
+            "generation": output.generation,
+            "origin": output.origin,
+            "unscored_blocks": sum(d["unscored"] for d in pages_detail),
+            "pages": pages_detail,
+        },
+    )

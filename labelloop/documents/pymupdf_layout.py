@@ -75,9 +75,16 @@ class PyMuPDFLayoutAnalyzer:
         self.ocr = PageOCR(settings)
         self.layout_scores = layout_scores.install()
 
-    def analyze(self, doc: pymupdf.Document, geoms: list[PageGeometry]) -> LayoutResult:
+    def analyze(
+        self, doc: pymupdf.Document, geoms: list[PageGeometry], pages: set[int] | None = None
+    ) -> LayoutResult:
+        """Blocks of every page, or only of ``pages`` (the others come back empty, mode "skipped")."""
         chars = [text_layer_chars(doc[g.page]) for g in geoms]
-        text_pages = [g.page for g, n in zip(geoms, chars, strict=True) if n >= self.settings.ocr_min_chars]
+        text_pages = [
+            g.page
+            for g, n in zip(geoms, chars, strict=True)
+            if n >= self.settings.ocr_min_chars and (pages is None or g.page in pages)
+        ]
         blocks: list[list[Block]] = [[] for _ in geoms]
         page_md: list[str] = ["" for _ in geoms]
         pages_detail: list[dict[str, Any]] = [
@@ -88,6 +95,9 @@ class PyMuPDFLayoutAnalyzer:
             self._text_layer_pages(doc, geoms, text_pages, blocks, page_md)
         for g in geoms:
             if g.page in text_pages:
+                continue
+            if pages is not None and g.page not in pages:
+                pages_detail[g.page]["mode"] = "skipped"
                 continue
             lines, dpi = self.ocr.read_page(doc[g.page], g)
             grouped = group_lines(lines, g)
