@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/ensure-postgres.sh
+scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
 export LABELLOOP_TEST_PG_ADMIN_URL=${LABELLOOP_TEST_PG_ADMIN_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/postgres}
 .venv/bin/ruff check .

@@ -153,7 +153,7 @@ def connection_env(
             "port": db.port,
             "schema": db.database,
             "login": db.username,
-            "password": db.password or "",
+            **({"password": db.password} if db.password else {}),
         },
         "labelloop_s3": {
             "conn_type": "aws",
@@ -234,6 +234,9 @@ class AirflowCluster:
     metadata_db: str = ""
     redis_db: int | None = None
     _redis_token: str = ""
+    _fernet: str = field(default_factory=lambda: _fernet_key())
+    _jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    _api_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -283,9 +286,6 @@ class AirflowCluster:
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.api_port = free_port()
         self.metadata_db = f"airflow_cluster_{uuid.uuid4().hex[:10]}"
-        self._fernet = _fernet_key()
-        self._jwt_secret = secrets.token_urlsafe(32)
-        self._api_secret = secrets.token_urlsafe(32)
         try:
             self.redis_db, self._redis_token = claim_redis_db()
             self._admin(f'CREATE DATABASE "{self.metadata_db}"')
@@ -360,22 +360,26 @@ class AirflowCluster:
             "AIRFLOW_WORKER_HOSTNAME": name,
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         }
-        args = [
+        self._add(name, self.worker_args(name), env=env)
+        self.components[name].start()
+        if wait:
+            self.wait_worker(name, deadline=time.monotonic() + timeout)
+
+    def worker_args(self, name: str) -> list[str]:
+        """``airflow`` arguments of worker ``name``: docker-compose's worker command plus what
+        several workers on one host need apart (Celery node name, pid file)."""
+        return [
             "celery",
             "worker",
-            "--celery-hostname",
-            f"{name}@%h",
             "--queues",
             DEFAULT_QUEUE,
+            "--celery-hostname",
+            f"{name}@%h",
             "--concurrency",
             str(self.worker_concurrency),
             "--pid",
             str(self.home / f"{name}.pid"),
         ]
-        self._add(name, args, env=env)
-        self.components[name].start()
-        if wait:
-            self.wait_worker(name, deadline=time.monotonic() + timeout)
 
     def wait_worker(self, name: str, *, deadline: float) -> None:
         comp = self.components[name]
@@ -425,6 +429,10 @@ class AirflowCluster:
             path += f"/{mi}/tries" if mi >= 0 else "/tries"
             out.extend(self.api("GET", path)["task_instances"])
         return out
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        return self.api("GET", path, map_index=map_index, deserialize=True)["value"]
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 600, poll: float = 1.0) -> str:
         deadline = time.monotonic() + timeout
