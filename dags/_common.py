@@ -13,7 +13,6 @@ per spec among the events that triggered it. A consumer interested in one spec r
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import pendulum
@@ -24,11 +23,16 @@ if TYPE_CHECKING:
 
 DATASETS = Asset(name="labelloop_datasets", uri="labelloop://datasets/")
 START_DATE = pendulum.datetime(2025, 1, 1, tz="UTC")
+#: No ``retry_delay`` here: it comes from ``[core] default_task_retry_delay`` of the deployment
+#: (docker-compose.yaml sets it, and the test cluster shortens it), so one setting governs every task.
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "labelloop",
     "retries": 1,
-    "retry_delay": dt.timedelta(minutes=2),
 }
+#: The Airflow pool (1 slot) every task that writes to Label Studio runs in, across all DAGs: Label
+#: Studio has no upsert, so two importers at once would duplicate tasks. Deployments create it
+#: (docker-compose's airflow-init, tests/airflow_cluster.py, scripts/demo.py).
+LABEL_STUDIO_POOL = "labelloop_label_studio"
 
 
 def build_settings() -> Settings:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
+from _common import BACKENDS, DEFAULT_ARGS, LABEL_STUDIO_POOL, START_DATE, spec_names
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
 from labelloop_airflow.calibration import CalibrateOperator
@@ -61,7 +61,9 @@ with DAG(
     specs = JobSpecsOperator(task_id="specs", jobs="{{ params.jobs }}", retries=0).output
     sync = SyncOperator.partial(task_id="sync", trigger_rule="none_failed").expand_kwargs(specs)
     calibrate = CalibrateOperator(task_id="calibrate", retries=0)
-    route = RouteAndImportOperator.partial(task_id="route_and_import", max_active_tis_per_dag=1).expand_kwargs(specs)
+    route = RouteAndImportOperator.partial(
+        task_id="route_and_import", pool=LABEL_STUDIO_POOL, max_active_tis_per_dag=1
+    ).expand_kwargs(specs)
     export = TriggerDagRunOperator.partial(
         task_id="trigger_export", trigger_dag_id="labelloop_export", wait_for_completion=False
     ).expand(conf=specs)

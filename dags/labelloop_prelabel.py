@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
+from _common import BACKENDS, DEFAULT_ARGS, LABEL_STUDIO_POOL, START_DATE, spec_names
 from airflow.sdk import DAG, Param
 from labelloop_airflow.pipeline import CheckJobsOperator, IngestOperator, PlanPrelabelOperator
 from labelloop_airflow.prelabel import PrelabelOperator
@@ -54,7 +54,8 @@ with DAG(
         task_id="route_and_import",
         spec="{{ params.spec }}",
         trigger_rule="none_failed",  # nothing to pre-label (no batches) still routes what is pending
-        max_active_tis_per_dag=1,  # Label Studio has no upsert: one import at a time
+        pool=LABEL_STUDIO_POOL,  # Label Studio has no upsert: one import at a time, across DAGs
+        max_active_tis_per_dag=1,
         execution_timeout=dt.timedelta(hours=2),
     )
     check >> ingest >> plan >> prelabel >> route

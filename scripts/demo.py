@@ -216,6 +216,15 @@ class AirflowAPI:
             headers={"Authorization": f"Bearer {r.json()['access_token']}"},
         )
 
+    def ensure_pool(self, name: str, slots: int) -> None:
+        """The pool every Label Studio writer runs in (dags/_common.py LABEL_STUDIO_POOL); tasks in
+        a pool that does not exist are never scheduled."""
+        body = {"name": name, "slots": slots, "description": "labelloop: one Label Studio writer at a time"}
+        if self.client.get(f"/pools/{name}").status_code == 200:
+            self.client.patch(f"/pools/{name}", json=body).raise_for_status()
+        else:
+            self.client.post("/pools", json=body).raise_for_status()
+
     def dag_ready(self, dag_id: str) -> bool:
         return self.client.get(f"/dags/{dag_id}").status_code == 200
 
@@ -268,6 +277,7 @@ def up(samples: Path) -> None:
     start_airflow(creds)
     api = AirflowAPI(creds)
     wait_until("the DAGs to be parsed", lambda: api.dag_ready("labelloop_prelabel"), 300, "airflow")
+    api.ensure_pool("labelloop_label_studio", 1)
     failed = []
     for run in RUNS:
         conf = {"source": str(samples), **run}

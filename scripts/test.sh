@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/ensure-postgres.sh
+scripts/ensure-redis.sh
 scripts/ensure-chromium.sh
 scripts/ensure-fonts.sh
 scripts/ensure-libreoffice.sh
