@@ -74,7 +74,12 @@ def test_label_studio_accepts_each_config(label_studio: Any, review_data: Any, n
     result = convert.to_result(spec, view, SIZE[spec.media])
     r = ls.projects.import_tasks(
         id=pid,
-        request=[{"data": {"image": "/data/local-files/?d=x.png"}, "predictions": [{"result": result, "score": 0.5}]}],
+        request=[
+            {
+                "data": {"image": "/data/local-files/?d=x.png", "hints": ""},
+                "predictions": [{"result": result, "score": 0.5}],
+            }
+        ],
         return_task_ids=True,
     )
     task = ls.tasks.get(id=str(r.task_ids[0]))

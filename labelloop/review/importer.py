@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from labelloop.config import Settings
 from labelloop.db import Database, Item, Prediction, ReviewTask
+from labelloop.prelabel.ensemble import hint_text
 from labelloop.review import convert
 from labelloop.review.client import LabelStudioError, call
 from labelloop.review.media import MediaLinker
@@ -118,6 +119,9 @@ def build_task(
     data: dict[str, Any] = {"image": media.url(key), "external_id": rt.external_id, "item": item.sha256}
     if spec.media == "document":
         data["page"] = rt.page
+    # where two backends disagreed (labelloop.prelabel.ensemble), the other candidate, shown beside
+    # the pre-filled form; always present so a label config's $hints never dangles
+    data["hints"] = hint_text(pred.confidence_detail) if pred.status == "ok" else ""
     view = convert.task_view(spec, pred.record, rt.page) if pred.status == "ok" else {}
     size = task_size(spec, item, pred, rt.page)
     result = convert.to_result(spec, view, size, field_scores(spec, pred)) if view and size else []
