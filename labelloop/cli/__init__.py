@@ -5,7 +5,7 @@ Configuration comes from LABELLOOP_* environment variables and an optional YAML 
 Every command module registers itself on the shared `app` when imported here.
 """
 
-from labelloop.cli import admin, calibrate_cmd, ingest_cmd, status_cmd  # noqa: F401  (register commands)
+from labelloop.cli import admin, calibrate_cmd, eval_cmd, ingest_cmd, status_cmd  # noqa: F401  (register commands)
 from labelloop.cli.admin import settings_markdown
 from labelloop.cli.app import ExitCode, app
 
