@@ -20,6 +20,9 @@ from labelloop_airflow.export import SettingsFactory, labelloop_env
 class EvaluateOperator(BaseOperator):
     """``backends`` defaults to the run's ``eval_backends`` param."""
 
+    #: ``jobs`` is prepare_dataset's XCom: a templated field, so Airflow resolves it at run time
+    template_fields = ("jobs",)
+
     def __init__(
         self,
         *,
