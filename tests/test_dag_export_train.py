@@ -149,6 +149,8 @@ def test_export_asset_event_queues_training_which_then_succeeds(airflow_db: str,
 
     train = bag.dags["labelloop_train"].test(run_conf={"spec": "vehicle_extraction", "version": "v0001"})
     assert train.state == DagRunState.SUCCESS, _task_states(train)
+    # no vllm predictions on reviewed items here: nothing to evaluate, and training does not wait for it
+    assert _task_states(train)["evaluate_backends"] == "skipped"
     with db.session() as s:
         (run,) = s.scalars(select(TrainingRun)).all()
     assert run.status == "succeeded" and run.return_code == 0

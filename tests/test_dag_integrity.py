@@ -30,7 +30,7 @@ EXPECTED_TASKS = {
     },
     "labelloop_review_sync": {"sync"},
     "labelloop_export": {"validate", "quality_gate", "export"},
-    "labelloop_train": {"prepare_dataset", "launch_training"},
+    "labelloop_train": {"prepare_dataset", "evaluate_backends", "launch_training"},
     "labelloop_calibrate": {"calibrate"},
 }
 #: (dag_id, mapped task) -> the task whose return value it is mapped over (None: a literal, per spec)

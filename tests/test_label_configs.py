@@ -89,7 +89,7 @@ def test_label_studio_accepts_each_config(label_studio: Any, review_data: Any, n
     data = (
         {"video": "/data/local-files/?d=x.mp4", "fps": 25}
         if spec.media == "video"
-        else {"image": "/data/local-files/?d=x.png"}
+        else {"image": "/data/local-files/?d=x.png", "hints": ""}
     )
     r = ls.projects.import_tasks(
         id=pid,

@@ -164,7 +164,7 @@ def test_backend_on_rendered_plates(rendered, backend):
             union = (x2 - x1) * (y2 - y1) + (bx2 - bx1) * (by2 - by1) - inter
             assert inter / union > 0.4
     # measured on this seed: see docs/plates.md for the 200-plate bench
-    assert right >= 22, right  # 25 measured
+    assert right >= 28, right  # 32 measured (25 with the plate recogniser alone)
     assert colour_right >= 25, colour_right  # 28 measured (no colour without a valid plate)
     assert wrong_confident <= 2, wrong_confident
 

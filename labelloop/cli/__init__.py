@@ -9,6 +9,7 @@ from labelloop.cli import (  # noqa: F401  (register commands)
     admin,
     calibrate_cmd,
     dataset_cmd,
+    eval_cmd,
     ingest_cmd,
     prelabel_cmd,
     review_cmd,

@@ -13,6 +13,7 @@ BACKENDS: dict[str, str] = {
     "vllm": "labelloop.prelabel.vllm.backend:VLLMBackend",
     "rapidocr": "labelloop.prelabel.rapidocr_backend:RapidOCRBackend",
     "plate": "labelloop.prelabel.plate_backend:PlateBackend",
+    "ensemble": "labelloop.prelabel.ensemble:EnsembleBackend",
     "pymupdf": "labelloop.prelabel.documents.cpu:PyMuPDFLayoutBackend",
     "mineru": "labelloop.prelabel.documents.mineru:MinerUBackend",
 }

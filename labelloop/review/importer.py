@@ -33,6 +33,7 @@ from sqlalchemy.orm import selectinload
 
 from labelloop.config import Settings
 from labelloop.db import Database, Item, Prediction, ReviewTask
+from labelloop.prelabel.ensemble import hint_text
 from labelloop.review import convert
 from labelloop.review.client import LabelStudioError, call
 from labelloop.review.media import MediaLinker
@@ -156,6 +157,9 @@ def build_task(
         data["page"] = rt.page
     if pred.status != "ok":  # only with routing.review_failures: say why the task is empty
         data["labelloop_note"] = f"No pre-annotation: {rt.reason}"
+    # where two backends disagreed (labelloop.prelabel.ensemble), the other candidate, shown beside
+    # the pre-filled form; always present so a label config's $hints never dangles
+    data["hints"] = hint_text(pred.confidence_detail) if pred.status == "ok" else ""
     if spec.media == "video":  # the <Video> tag reads $video, and counts timeline frames at $fps
         data = {"video": data.pop("image"), "fps": (item.meta or {}).get("fps"), **data}
     view = convert.task_view(spec, pred.record, rt.page) if pred.status == "ok" else {}

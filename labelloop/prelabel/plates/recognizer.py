@@ -20,6 +20,7 @@ makes a wrong plate), the colour score the share of plate pixels that vote for t
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -72,6 +73,9 @@ class PlateRead:
     colour: str | None = None
     colour_score: float = 0.0
     colour_votes: dict[str, float] = field(default_factory=dict)
+    #: which recogniser's text this is, and what each recogniser read on the same crop
+    reader: str = "clp"
+    alternatives: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=8)
@@ -153,6 +157,7 @@ class PlateRecognizer:
         det_threshold: float = 0.7,
         max_side: int = 1280,
         intra_threads: int | None = None,
+        second_reader: Callable[[np.ndarray], tuple[str, float]] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -177,6 +182,9 @@ class PlateRecognizer:
             raise ValueError(f"recogniser has {n_out} classes but the dictionary gives {len(self.charset)}")
         self.det_threshold = det_threshold
         self.max_side = max_side
+        #: a second recogniser run on the same crop (the plate backend passes RapidOCR's); per
+        #: detection the higher-scoring read in an official format wins (bench/plates.py)
+        self.second_reader = second_reader
         self._lock = threading.Lock()
 
     # -- stages
@@ -251,12 +259,23 @@ class PlateRecognizer:
         for det_score, box, corners in self.detect(bgr):
             crop = self.rectify(bgr, corners)
             text, char_scores = self.read_crop(crop)
+            score = min(char_scores) if char_scores else 0.0
+            reader, alternatives = "clp", {"clp": (text, score)}
+            if self.second_reader is not None:
+                from labelloop.prelabel.plates.syntax import normalise_plate, parse_plate
+
+                t2, s2 = self.second_reader(crop)
+                t2 = normalise_plate(t2)
+                alternatives["rapidocr"] = (t2, s2)
+                first_ok, second_ok = parse_plate(text) is not None, parse_plate(t2) is not None
+                if (second_ok and not first_ok) or (second_ok and s2 > score):
+                    text, score, char_scores, reader = t2, s2, [], "rapidocr"
             # the colour from inside the plate only: the margin would vote for the car body
             colour, colour_score, votes = classify_colour(self.rectify(bgr, corners, margin=(-0.06, -0.12)))
             reads.append(
                 PlateRead(
                     text=text,
-                    score=min(char_scores) if char_scores else 0.0,
+                    score=score,
                     char_scores=char_scores,
                     det_score=det_score,
                     box=[
@@ -269,6 +288,8 @@ class PlateRecognizer:
                     colour=colour,
                     colour_score=colour_score,
                     colour_votes=votes,
+                    reader=reader,
+                    alternatives=alternatives,
                 )
             )
         return reads
