@@ -31,7 +31,7 @@ from labelloop.export.formats import (
     file_name,
     llamafactory_dataset_info,
 )
-from labelloop.export.images import CopiedImage, ImageCopier, ImageJob, image_name, page_image_name
+from labelloop.export.images import CopiedImage, ImageCopier, ImageJob, image_name, page_image_name, video_name
 from labelloop.export.plan import ExportError, Member, export_formats
 from labelloop.export.samples import Sample, build_samples
 from labelloop.export.version import PROVENANCE
@@ -62,6 +62,7 @@ def member_rows(db: Database, spec: str, members: dict[int, Member]) -> Iterator
         Item.width,
         Item.height,
         Item.exif_orientation,
+        Item.meta,
     ]
     rec_cols: list[Any] = [Record.provenance, Record.model, Record.model_version, Record.annotator]
     stmt = (
@@ -86,6 +87,8 @@ def image_jobs(spec: TaskSpec, row: Any) -> list[Job]:
             out.append((ImageJob(src, page_image_name(row.sha256, p)), (page["width_px"], page["height_px"])))
         return out
     size = (row.width, row.height) if row.width and row.height else None
+    if spec.media == "video":
+        return [(ImageJob(row.storage_key, video_name(row.sha256, row.ext), media="video"), size)]
     return [
         (
             ImageJob(
@@ -164,7 +167,7 @@ class VersionBuilder:
             self.out.files[file_name(fmt, sp)] = w.path
         self.out.files[PROVENANCE] = self.provenance.path
         if "llamafactory" in self.formats:
-            info = llamafactory_dataset_info(dataset_name, self.out.samples)
+            info = llamafactory_dataset_info(dataset_name, self.out.samples, media=self.spec.media)
             self.out.files[LLAMAFACTORY_INFO] = (json.dumps(info, indent=2) + "\n").encode()
         return self.out
 
@@ -247,6 +250,7 @@ class VersionBuilder:
             confidence=row.confidence,
             record=row.record,
             n_samples=len(samples),
+            duration_s=(row.meta or {}).get("duration_s") if self.spec.media == "video" else None,
         )
 
     def _write(self, sample: Sample, split: str) -> None:

@@ -31,6 +31,10 @@ class CardStats:
         self.split_samples: Counter[str] = Counter()
         self.distributions: dict[str, Counter[str]] = defaultdict(Counter)
         self.confidence: dict[str, list[float]] = defaultdict(list)
+        #: videos: seconds per record, and per event (end - start)
+        self.durations: list[float] = []
+        self.event_durations: list[float] = []
+        self.events_per_record: list[int] = []
 
     def add(
         self,
@@ -43,6 +47,7 @@ class CardStats:
         confidence: float | None,
         record: dict[str, Any],
         n_samples: int,
+        duration_s: float | None = None,
     ) -> None:
         self.provenance[provenance] += 1
         self.model_versions[f"{model or '?'} {model_version or ''}".strip()] += 1
@@ -52,12 +57,18 @@ class CardStats:
         self.split_samples[split] += n_samples
         if confidence is not None:
             self.confidence[provenance].append(float(confidence))
+        if duration_s is not None:
+            self.durations.append(float(duration_s))
         for name, f in self.spec.fields.items():
             value = record.get(name)
             if f.kind == "choice" and value is not None:
                 self.distributions[name][str(value)] += 1
             elif f.kind == "objects" and isinstance(value, list):
                 self.distributions[f"{name} labels"].update(str(o.get("label")) for o in value)
+            elif f.kind == "events" and isinstance(value, list):
+                self.distributions[f"{name} labels"].update(str(e.get("label")) for e in value)
+                self.events_per_record.append(len(value))
+                self.event_durations += [float(e["end"]) - float(e["start"]) for e in value]
             elif f.kind == "blocks":
                 types = self.distributions["block types"]
                 for page in record.get("pages") or []:
@@ -137,7 +148,8 @@ def render_card(stats: CardStats, meta: dict[str, Any]) -> tuple[str, dict[str, 
             + [("total", counts["records"], counts["samples"])],
         ),
         "",
-        f"{counts['images']} images. Split by item (salted sha256), validation share "
+        f"{counts['images']} {'videos' if spec.media == 'video' else 'images'}. Split by item (salted sha256), "
+        "validation share "
         f"{meta['val_fraction']:.0%}; all pages of a document stay in one split.",
         "",
         "## Provenance",
@@ -171,6 +183,20 @@ def render_card(stats: CardStats, meta: dict[str, Any]) -> tuple[str, dict[str, 
                 "",
                 f"![{title}]({name})",
             ]
+    if stats.durations or stats.events_per_record:
+        out += ["", "## Video", ""]
+        if stats.durations:
+            d = stats.durations
+            out.append(
+                f"{len(d)} videos, {sum(d) / 3600:.2f} h in all; duration min {min(d):.1f} s, median "
+                f"{statistics.median(d):.1f} s, max {max(d):.1f} s."
+            )
+        if stats.events_per_record:
+            n_ev, ed = sum(stats.events_per_record), stats.event_durations
+            line = f"{n_ev} events, {n_ev / len(stats.events_per_record):.2f} per video"
+            if ed:
+                line += f"; event length min {min(ed):.2f} s, median {statistics.median(ed):.2f} s, max {max(ed):.2f} s"
+            out.append(line + ".")
     values = [v for vs in stats.confidence.values() for v in vs]
     out += ["", "## Confidence", ""]
     if values:

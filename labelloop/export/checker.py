@@ -85,6 +85,8 @@ class ExportChecker:
         box_fields = {n for n, f in spec.fields.items() if f.kind == "box"}
         self.box_keys = frozenset({"bbox_2d", "bbox"} | box_fields)
         self.json_answers = spec.export.answer in ("json", "grounding")
+        self.video = spec.media == "video"
+        self.token = "<video>" if self.video else IMAGE_TOKEN
         self._last: tuple[Any, list[str]] = (None, [])
 
     def check(
@@ -110,7 +112,8 @@ class ExportChecker:
         original: tuple[int, int],
     ) -> list[str]:
         turns_key, role_key, text_key, (user, assistant) = _ROLES[fmt]
-        image_key = "image" if fmt == "qwen" else "images"
+        image_key = ("video" if self.video else "image") + ("" if fmt == "qwen" else "s")
+        token = self.token
         allowed = {turns_key, image_key} | ({"objects"} if fmt == "swift" else set())
         out: list[str] = []
         if not set(entry) <= allowed or turns_key not in entry:
@@ -136,13 +139,17 @@ class ExportChecker:
                 out.append(f"turn {i} has no text")
                 continue
             if i % 2 == 0:
-                n_tags += text.count(IMAGE_TOKEN)
+                n_tags += text.count(token)
+                if self.video and IMAGE_TOKEN in text:
+                    out.append(f"turn {i} has an {IMAGE_TOKEN} placeholder in a video sample")
             else:
-                if IMAGE_TOKEN in text:
-                    out.append(f"answer turn {i} contains {IMAGE_TOKEN}")
+                for tag in sorted({token, IMAGE_TOKEN}):
+                    if tag in text:
+                        out.append(f"answer turn {i} contains {tag}")
                 answers.append(text)
         if n_tags != len(images):
-            out.append(f"{n_tags} {IMAGE_TOKEN} placeholder(s) for {len(images)} image(s)")
+            what = "video(s)" if self.video else "image(s)"
+            out.append(f"{n_tags} {token} placeholder(s) for {len(images)} {what}")
         out += [f"image {name} is not in the version" for name in images if name not in present]
         if fmt == "swift":
             out += self._check_swift(entry, answers, original)

@@ -31,6 +31,11 @@ def file_name(fmt: str, split: str) -> str:
 
 
 def qwen_entry(s: Sample) -> dict[str, Any]:
+    if s.videos:  # qwen-vl-finetune: "video" beside "conversations", one <video> per file
+        return {
+            "video": s.videos[0] if len(s.videos) == 1 else list(s.videos),
+            "conversations": [{"from": "human", "value": s.question}, {"from": "gpt", "value": s.answer}],
+        }
     return {
         "image": s.images[0] if len(s.images) == 1 else list(s.images),
         "conversations": [{"from": "human", "value": s.question}, {"from": "gpt", "value": s.answer}],
@@ -38,16 +43,17 @@ def qwen_entry(s: Sample) -> dict[str, Any]:
 
 
 def llamafactory_entry(s: Sample) -> dict[str, Any]:
+    media = {"videos": list(s.videos)} if s.videos else {"images": list(s.images)}
     return {
         "messages": [{"role": "user", "content": s.question}, {"role": "assistant", "content": s.answer}],
-        "images": list(s.images),
+        **media,
     }
 
 
 def swift_entry(s: Sample) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "messages": [{"role": "user", "content": s.question}, {"role": "assistant", "content": s.swift.text}],
-        "images": list(s.images),
+        **({"videos": list(s.videos)} if s.videos else {"images": list(s.images)}),
     }
     objects = s.swift.objects()
     if objects is not None:
@@ -58,8 +64,10 @@ def swift_entry(s: Sample) -> dict[str, Any]:
 ENTRY_BUILDERS = {"qwen": qwen_entry, "llamafactory": llamafactory_entry, "swift": swift_entry}
 
 
-def llamafactory_dataset_info(dataset_name: str, splits: dict[str, int]) -> dict[str, Any]:
-    """``dataset_info.json`` with one entry per non-empty split (``<name>_train``, ``<name>_val``)."""
+def llamafactory_dataset_info(dataset_name: str, splits: dict[str, int], media: str = "image") -> dict[str, Any]:
+    """``dataset_info.json`` with one entry per non-empty split (``<name>_train``, ``<name>_val``);
+    video datasets map the ``videos`` column instead of ``images``."""
+    media_column = "videos" if media == "video" else "images"
     info: dict[str, Any] = {}
     for split, n in splits.items():
         if n == 0:
@@ -67,7 +75,7 @@ def llamafactory_dataset_info(dataset_name: str, splits: dict[str, int]) -> dict
         info[f"{dataset_name}_{split}"] = {
             "file_name": file_name("llamafactory", split),
             "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
+            "columns": {"messages": "messages", media_column: media_column},
             "tags": {
                 "role_tag": "role",
                 "content_tag": "content",

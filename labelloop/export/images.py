@@ -28,6 +28,8 @@ class ImageJob:
     name: str
     #: EXIF orientation to bake in; None or 1 copies the bytes unchanged
     orientation: int | None = None
+    #: "video": copied as is, its size read with PyAV (display size, after rotation)
+    media: str = "image"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,24 @@ def image_name(item_sha: str, ext: str, orientation: int | None) -> str:
     if orientation not in (None, 1):
         return f"images/{item_sha}.png"
     return f"images/{item_sha}.{ext.lower().lstrip('.') or 'bin'}"
+
+
+def video_name(item_sha: str, ext: str) -> str:
+    """``videos/<sha>.<ext>``: the container as ingested (the trainers' readers, decord and
+    torchvision, take MP4, MOV, MKV and WebM alike)."""
+    return f"videos/{item_sha}.{ext.lower().lstrip('.') or 'mp4'}"
+
+
+def video_size(data: bytes) -> tuple[int, int]:
+    """Display size of a video's first frame (after its rotation), as the probe computed it."""
+    import av
+
+    from labelloop.ingest.video_probe import normalise_rotation
+
+    with av.open(io.BytesIO(data)) as c:
+        frame = next(c.decode(video=0))
+        w, h = frame.width, frame.height
+        return (h, w) if normalise_rotation(getattr(frame, "rotation", 0)) in (90, 270) else (w, h)
 
 
 def page_image_name(item_sha: str, page: int) -> str:
@@ -99,7 +119,9 @@ class ImageCopier:
         except Exception as e:  # a missing source must be reported per record, not crash the batch
             return CopiedImage(job.name, error=f"cannot read {job.src_key}: {e}")
         try:
-            if job.orientation in (None, 1):
+            if job.media == "video":
+                width, height = video_size(data)
+            elif job.orientation in (None, 1):
                 with Image.open(io.BytesIO(data)) as img:  # header only: cheap
                     width, height = img.size
             else:
@@ -109,7 +131,8 @@ class ImageCopier:
                 img.save(buf, format="PNG")
                 data = buf.getvalue()
         except Exception as e:
-            return CopiedImage(job.name, error=f"{job.src_key} is not a readable image: {e}")
+            what = "video" if job.media == "video" else "image"
+            return CopiedImage(job.name, error=f"{job.src_key} is not a readable {what}: {e}")
         info = self.store.put(f"{self.prefix}/{job.name}", data)
         if info.size != len(data):
             return CopiedImage(job.name, error=f"stored {info.size} bytes of {len(data)}")

@@ -8,7 +8,7 @@ answer refers to that page's pixels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from labelloop.config import ExportSettings
@@ -17,6 +17,7 @@ from labelloop.export.coords import ModelFrame, model_frame
 from labelloop.specs import TaskSpec
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Sample:
     swift: SwiftAnswer
     #: the trainer frame of the (single) image; its bounds limit the boxes in ``answer``
     frame: ModelFrame
+    #: videos (names inside the version), one ``<video>`` each in the human turn
+    videos: list[str] = field(default_factory=list)
 
 
 def question_for(spec: TaskSpec, n_images: int) -> str:
@@ -39,9 +42,10 @@ def question_for(spec: TaskSpec, n_images: int) -> str:
     count); one without gets them prepended, as qwen-vl-finetune's examples do.
     """
     q = spec.export.question
-    if IMAGE_TOKEN in q:
+    token = VIDEO_TOKEN if spec.media == "video" else IMAGE_TOKEN
+    if token in q:
         return q
-    return IMAGE_TOKEN * n_images + "\n" + q
+    return token * n_images + "\n" + q
 
 
 def build_samples(
@@ -59,6 +63,21 @@ def build_samples(
     for page in pages:
         name, width, height = images[page or 0]
         frame = model_frame(width, height, export)
+        if spec.media == "video":  # answers hold times, not boxes: the frame bounds nothing here
+            out.append(
+                Sample(
+                    record_id=record_id,
+                    page=None,
+                    split=split,
+                    images=[],
+                    videos=[name],
+                    question=question_for(spec, 1),
+                    answer=trainer_answer(spec, record, None, frame.to_model),
+                    swift=swift_answer(spec, record, None),
+                    frame=frame,
+                )
+            )
+            continue
         out.append(
             Sample(
                 record_id=record_id,

@@ -75,6 +75,15 @@ class DatasetChecker:
             return
         self._verify_sha(rel, path.read_bytes())
 
+    def video_present(self, name: str) -> None:
+        """The trainer opens videos with decord/torchvision; here: the file exists and matches the
+        manifest (decoding is the trainer's; ingest already proved each video decodes)."""
+        path = self.data_path / name
+        if not path.is_file():
+            self.problems.append(f"video {name}: not found under {self.data_path}")
+            return
+        self._verify_sha(name, path.read_bytes())
+
     def image_size(self, name: str) -> tuple[int, int] | None:
         """Open like the trainer (EXIF-transposed, RGB, fully decoded); (w, h) or None."""
         if name not in self._sizes:
@@ -131,6 +140,10 @@ class DatasetChecker:
                 answers.append(text)
         if pool:
             self.problems.append(f"{where}: {len(pool)} image(s) not consumed by <image> placeholders")
+        if vpool:
+            self.problems.append(f"{where}: {len(vpool)} video(s) not consumed by <video> placeholders")
+        for name in videos:
+            self.video_present(name)
         sizes = [self.image_size(name) for name in images]
         if self.coords and len(images) == 1 and sizes[0] is not None:
             self._check_boxes(where, answers, sizes[0])
