@@ -17,7 +17,7 @@ from airflow.sdk import DAG, Param
 from labelloop_airflow.calibration import CalibrateOperator
 from labelloop_airflow.pipeline import CheckJobsOperator, IngestOperator, JobSpecsOperator, PlanPrelabelOperator
 from labelloop_airflow.prelabel import PrelabelOperator
-from labelloop_airflow.review import RouteAndImportOperator, SyncOperator
+from labelloop_airflow.review import LABEL_STUDIO_POOL, RouteAndImportOperator, SyncOperator
 
 DEFAULT_JOBS = [{"spec": "ocr_lines", "backend": "cpu"}, {"spec": "document_layout", "backend": "cpu"}]
 
@@ -61,7 +61,7 @@ with DAG(
     specs = JobSpecsOperator(task_id="specs", jobs="{{ params.jobs }}", retries=0).output
     sync = SyncOperator.partial(task_id="sync", trigger_rule="none_failed").expand_kwargs(specs)
     calibrate = CalibrateOperator(task_id="calibrate", retries=0)
-    route = RouteAndImportOperator.partial(task_id="route_and_import", max_active_tis_per_dag=1).expand_kwargs(specs)
+    route = RouteAndImportOperator.partial(task_id="route_and_import", pool=LABEL_STUDIO_POOL).expand_kwargs(specs)
     export = TriggerDagRunOperator.partial(
         task_id="trigger_export", trigger_dag_id="labelloop_export", wait_for_completion=False
     ).expand(conf=specs)

@@ -17,7 +17,7 @@ from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
 from airflow.sdk import DAG, Param
 from labelloop_airflow.pipeline import CheckJobsOperator, IngestOperator, PlanPrelabelOperator
 from labelloop_airflow.prelabel import PrelabelOperator
-from labelloop_airflow.review import RouteAndImportOperator
+from labelloop_airflow.review import LABEL_STUDIO_POOL, RouteAndImportOperator
 
 with DAG(
     dag_id="labelloop_prelabel",
@@ -54,7 +54,7 @@ with DAG(
         task_id="route_and_import",
         spec="{{ params.spec }}",
         trigger_rule="none_failed",  # nothing to pre-label (no batches) still routes what is pending
-        max_active_tis_per_dag=1,  # Label Studio has no upsert: one import at a time
+        pool=LABEL_STUDIO_POOL,  # shared with every DAG that writes to Label Studio; plus the core's DB lock
         execution_timeout=dt.timedelta(hours=2),
     )
     check >> ingest >> plan >> prelabel >> route
