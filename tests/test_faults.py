@@ -401,3 +401,66 @@ def test_the_import_lock_excludes_a_second_holder_on_both_databases(db: Database
         assert other.stdout.strip() == "got it", "another spec's import is not blocked"
     free = subprocess.run([sys.executable, "-c", probe, url, "1"], capture_output=True, text=True, timeout=120)
     assert free.stdout.strip() == "got it", free
+
+
+# --------------------------------------------------------------------------- partly reviewed documents
+
+
+@pytest.mark.labelstudio
+def test_a_two_page_pdf_with_one_page_reviewed_is_not_in_the_version(
+    label_studio: Any, tmp_path: Path, review_data: Any
+) -> None:
+    from labelloop.db import Item, Record
+    from labelloop.export.plan import plan_members
+    from labelloop.review.importer import import_pending
+    from labelloop.review.sync import sync_project
+    from labelloop.validation.canonical import record_hash
+
+    doc = SPECS.get("document_layout")
+    store = label_studio.new_store()
+    settings = label_studio.settings(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", store)
+    db = Database(settings.db)
+    db.upgrade()
+    ls = label_studio.client()
+    with db.session() as s:
+        pdf = Item(
+            sha256="cd" * 32,
+            media_type="document",
+            mime="application/pdf",
+            ext="pdf",
+            size_bytes=1,
+            storage_key="raw/cd/x.pdf",
+            page_count=2,
+        )
+        s.add(pdf)
+        s.commit()
+    record = review_data.sample_record("document_layout", sha="cd" * 32)
+    record["pages"].append({**copy.deepcopy(record["pages"][0]), "page": 1, "image_key": f"pages/{'cd' * 32}/1.png"})
+    review_data.add_prediction(db, doc, pdf, record, {"blocks": 0.5})
+    route_predictions(db, settings.routing, doc)
+    import_pending(db, ls, settings, doc, SPECS.label_config(doc), store)
+    with db.session() as s:
+        page0, page1 = s.scalars(select(ReviewTask).order_by(ReviewTask.page)).all()
+
+    def accept(task_id: int) -> None:
+        ls.annotations.create(id=task_id, result=ls.tasks.get(id=str(task_id)).predictions[0].result)
+
+    def members() -> dict[int, Any]:
+        with db.session() as s:
+            passing = {r.id: record_hash(r.record) for r in s.scalars(select(Record))}
+        return plan_members(db, doc, settings, passing)[0]
+
+    accept(page0.ls_task_id)
+    sync_project(db, ls, settings, doc)
+    with db.session() as s:
+        (rec,) = s.scalars(select(Record)).all()
+    assert rec.provenance == "partial", "page 1 is still model output: not human"
+    assert members() == {}, "a partly reviewed document is not exported"
+
+    accept(page1.ls_task_id)
+    sync_project(db, ls, settings, doc)
+    with db.session() as s:
+        (rec,) = s.scalars(select(Record)).all()
+    assert rec.provenance == "human"
+    assert list(members()) == [rec.id]
+    db.dispose()

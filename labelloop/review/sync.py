@@ -18,7 +18,9 @@ Per task the newest annotation wins (history kept, older versions ``is_latest = 
 * otherwise its result is converted back to a record (original pixels), every field of the spec
   goes to ``field_corrections`` (model value and confidence, human value, changed/distance by the
   spec's comparison) and the record is upserted with provenance "human", or "audited" when the
-  task was an audit sample.
+  task was an audit sample. A document's record is "partial" while any of its pages' review is
+  not final (skipped, pending): the unreviewed pages are model output, and export leaves the
+  document out until every page is reviewed.
 
 Tasks deleted in Label Studio are found by comparing the project's task ids with ours.
 """
@@ -58,6 +60,7 @@ from labelloop.review.client import LabelStudioError, call
 from labelloop.review.importer import media_key, task_size
 from labelloop.review.projects import find_project, project_title, stored_project_id
 from labelloop.review.routing import (
+    PROVENANCE_PARTIAL,
     ROUTE_AUDIT,
     STATUS_COMPLETED,
     STATUS_DELETED,
@@ -282,6 +285,19 @@ def _apply_latest(s: Session, spec: TaskSpec, rt: ReviewTask, ann: Annotation, c
     stats.records += 1
 
 
+def _pages_waiting(s: Session, rt: ReviewTask) -> list[int]:
+    """Pages of the same prediction whose review is not final (this one counts as final)."""
+    return list(
+        s.scalars(
+            select(ReviewTask.page).where(
+                ReviewTask.prediction_id == rt.prediction_id,
+                ReviewTask.id != rt.id,
+                ReviewTask.status != STATUS_COMPLETED,
+            )
+        )
+    )
+
+
 def _upsert_human_record(
     s: Session,
     spec: TaskSpec,
@@ -302,13 +318,17 @@ def _upsert_human_record(
         defaults.update(width_px=size.width, height_px=size.height)
     record = convert.merge_page(spec, base, rt.page, view, page_defaults=defaults)
     is_new = rec is None
+    provenance = "audited" if rt.route == ROUTE_AUDIT else "human"
+    if spec.media == "document" and _pages_waiting(s, rt):
+        # the other pages are still model output: not "human", and not exportable until final
+        provenance = PROVENANCE_PARTIAL
     rec = put_record(
         s,
         rec,
         item_id=rt.item_id,
         spec=spec.name,
         pred=pred,
-        provenance="audited" if rt.route == ROUTE_AUDIT else "human",
+        provenance=provenance,
         record=record,
         annotation_id=ann.id,
         annotator=ann.annotator,
