@@ -464,3 +464,33 @@ def test_a_two_page_pdf_with_one_page_reviewed_is_not_in_the_version(
     assert rec.provenance == "human"
     assert list(members()) == [rec.id]
     db.dispose()
+
+
+# --------------------------------------------------------------------------- prediction identity
+
+
+def test_every_setting_that_changes_the_answer_makes_a_new_prediction(
+    vllm_server: VLLMTestServer, sqlite_settings: Settings, sqlite_db: Database, tmp_path: Path
+) -> None:
+    from fixtures_vllm import ingest_images
+
+    settings = vllm_server.settings(sqlite_settings)
+    store = LocalStore(settings.storage.root)
+    ingest_images(
+        sqlite_db, store, settings, tmp_path / "in", {f"k{i}.jpg": make_image(120, 90, seed=500 + i) for i in range(3)}
+    )
+    assert run_batch(sqlite_db, store, CAPTION, VLLMBackend(settings, store)).ok == 3
+    assert run_batch(sqlite_db, store, CAPTION, VLLMBackend(settings, store)).considered == 0
+    hashes = {VLLMBackend(settings).prompt_hash(CAPTION)}
+    for change in (
+        {"max_tokens": 512},
+        {"min_pixels": 6272},
+        {"max_pixels": 501_760},
+        {"coordinate_mode": "relative_1000"},
+    ):
+        changed = vllm_server.settings(sqlite_settings, **change)
+        hashes.add(VLLMBackend(changed).prompt_hash(CAPTION))
+        if "coordinate_mode" not in change:  # the test server answers in its own convention
+            assert run_batch(sqlite_db, store, CAPTION, VLLMBackend(changed, store)).ok == 3, change
+    assert len(hashes) == 5, "each setting is part of the identity"
+    assert len(predictions(sqlite_db, spec="caption")) == 12, "old predictions kept, new ones made"
