@@ -32,7 +32,7 @@ DEFAULT_ARGS: dict[str, Any] = {
 #: The Airflow pool (1 slot) every task that writes to Label Studio runs in, across all DAGs: Label
 #: Studio has no upsert, so two importers at once would duplicate tasks. Deployments create it
 #: (docker-compose's airflow-init, tests/airflow_cluster.py, scripts/demo.py).
-LABEL_STUDIO_POOL = "labelloop_label_studio"
+from labelloop_airflow.review import LABEL_STUDIO_POOL  # noqa: E402,F401  (one definition, in the operators)
 
 
 def build_settings() -> Settings:

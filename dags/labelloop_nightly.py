@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from _common import BACKENDS, DEFAULT_ARGS, LABEL_STUDIO_POOL, START_DATE, spec_names
+from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
 from labelloop_airflow.calibration import CalibrateOperator
 from labelloop_airflow.pipeline import CheckJobsOperator, IngestOperator, JobSpecsOperator, PlanPrelabelOperator
 from labelloop_airflow.prelabel import PrelabelOperator
-from labelloop_airflow.review import RouteAndImportOperator, SyncOperator
+from labelloop_airflow.review import LABEL_STUDIO_POOL, RouteAndImportOperator, SyncOperator
 
 DEFAULT_JOBS = [{"spec": "ocr_lines", "backend": "cpu"}, {"spec": "document_layout", "backend": "cpu"}]
 

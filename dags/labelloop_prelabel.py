@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from _common import BACKENDS, DEFAULT_ARGS, LABEL_STUDIO_POOL, START_DATE, spec_names
+from _common import BACKENDS, DEFAULT_ARGS, START_DATE, spec_names
 from airflow.sdk import DAG, Param
 from labelloop_airflow.pipeline import CheckJobsOperator, IngestOperator, PlanPrelabelOperator
 from labelloop_airflow.prelabel import PrelabelOperator
-from labelloop_airflow.review import RouteAndImportOperator
+from labelloop_airflow.review import LABEL_STUDIO_POOL, RouteAndImportOperator
 
 with DAG(
     dag_id="labelloop_prelabel",
@@ -54,7 +54,7 @@ with DAG(
         task_id="route_and_import",
         spec="{{ params.spec }}",
         trigger_rule="none_failed",  # nothing to pre-label (no batches) still routes what is pending
-        pool=LABEL_STUDIO_POOL,  # Label Studio has no upsert: one import at a time, across DAGs
+        pool=LABEL_STUDIO_POOL,  # shared with every DAG that writes to Label Studio; plus the core's DB lock
         max_active_tis_per_dag=1,
         execution_timeout=dt.timedelta(hours=2),
     )

@@ -243,6 +243,9 @@ class LabelStudioSettings(BaseModel):
         "http(s)://<storage.endpoint>; '' when the server trusts its own S3_ENDPOINT env var.",
     )
     import_timeout_s: float = Field(600.0, gt=0, description="Timeout of one bulk import request.")
+    import_lock_timeout_s: float = Field(
+        3600.0, gt=0, description="How long an import waits for another import of the same spec to finish."
+    )
     sync_page_size: int = Field(500, ge=1, le=1000, description="Tasks per page when syncing annotations.")
     sync_overlap_s: float = Field(
         5.0,

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from labelloop.db import (
     Annotation,
+    AnnotationReject,
     DatasetVersion,
     FieldCorrection,
     Item,
@@ -51,6 +52,7 @@ def pipeline_status(db: Database) -> dict[str, Any]:
             "prediction_failures": dict(sorted(failures.items())),
             "review_tasks": grouped(ReviewTask.spec, ReviewTask.route, ReviewTask.status),
             "annotations": int(s.scalar(select(func.count()).select_from(Annotation).where(Annotation.is_latest)) or 0),
+            "annotation_rejects": grouped(AnnotationReject.spec),
             "field_corrections": int(s.scalar(select(func.count()).select_from(FieldCorrection)) or 0),
             "records": grouped(Record.spec, Record.provenance),
             "quarantined": int(s.scalar(select(func.count(func.distinct(Quarantine.record_id)))) or 0),

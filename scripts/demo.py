@@ -193,6 +193,13 @@ def start_airflow(creds: dict[str, str]) -> None:
         subprocess.run(
             [str(REPO / ".venv/bin/airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL
         )
+    # every task that writes to Label Studio runs in this one-slot pool (labelloop_airflow.review)
+    subprocess.run(
+        [str(REPO / ".venv/bin/airflow"), "pools", "set", "labelloop_label_studio", "1", "Label Studio writers"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     spawn("airflow", [str(REPO / ".venv/bin/airflow"), "standalone"], env)
     wait_until(
         "Airflow",

@@ -233,6 +233,12 @@ def airflow_db() -> Iterator[str]:
     from airflow.dag_processing.bundles.manager import DagBundlesManager
 
     DagBundlesManager().sync_bundles_to_db()  # the "dags-folder" bundle that DAG rows refer to
+    from airflow.models.pool import Pool
+
+    # the pool every Label Studio writer runs in, as airflow-init and the demo create it
+    Pool.create_or_update_pool(
+        "labelloop_label_studio", slots=1, description="Label Studio writers", include_deferred=False
+    )
     yield url
     from airflow.settings import dispose_orm
 

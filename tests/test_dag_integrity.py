@@ -185,3 +185,11 @@ def test_no_task_per_item(bag: Any) -> None:
         else:  # expand(kw=XComArg)
             (arg,) = value.values()
             assert isinstance(arg, PlainXComArg) and arg.operator.task_id == source, (dag_id, task_id)
+
+
+def test_every_label_studio_import_shares_one_pool(bag: Any) -> None:
+    """``max_active_tis_per_dag`` limits one DAG only: the prelabel DAG and the nightly overlap."""
+    for dag_id in ("labelloop_prelabel", "labelloop_nightly"):
+        task = bag.dags[dag_id].get_task("route_and_import")
+        pool = task.partial_kwargs.get("pool") if hasattr(task, "partial_kwargs") else task.pool
+        assert pool == "labelloop_label_studio", dag_id

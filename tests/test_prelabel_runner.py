@@ -41,7 +41,8 @@ def test_idempotent_storage_and_prompt_versions_on_both_databases(
     assert (first.considered, first.ok, first.failed) == (6, 5, 1)
     assert [f["item_id"] for f in first.as_dict()["failures"]] == [items["img002.jpg"].id]
     rows = predictions(db, spec="caption")
-    assert len(rows) == 6 and {r.prompt_hash for r in rows} == {CAPTION.prompt_hash}
+    phash = VLLMBackend(settings, store).prompt_hash
+    assert len(rows) == 6 and {r.prompt_hash for r in rows} == {phash(CAPTION)}
     assert all(r.latency_ms and r.prompt_tokens and r.completion_tokens for r in rows)
 
     requests_before = vllm_server.stats()["requests"]
@@ -57,7 +58,7 @@ def test_idempotent_storage_and_prompt_versions_on_both_databases(
     assert len(rows) == 12, "the old predictions are kept"
     for item in items.values():
         mine = [r for r in rows if r.item_id == item.id]
-        assert {r.prompt_hash for r in mine} == {CAPTION.prompt_hash, reworded.prompt_hash}
+        assert {r.prompt_hash for r in mine} == {phash(CAPTION), phash(reworded)}
 
     other_model = vllm_server.settings(settings, model_version="qwen2.5-vl-7b-ft-2")
     third = run_batch(db, store, CAPTION, VLLMBackend(other_model, store), limit=2)

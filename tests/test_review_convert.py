@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from labelloop.review import convert
-from labelloop.review.convert import ImageSize, box_to_value, from_result, to_result, value_to_box
+from labelloop.review.convert import AnnotationError, ImageSize, box_to_value, from_result, to_result, value_to_box
 from labelloop.specs import SpecRegistry
 
 pytest_plugins = ["fixtures_labelstudio"]
@@ -61,13 +61,18 @@ def test_percent_is_of_the_original_image() -> None:
     assert value == {"x": 10.0, "y": 10.0, "width": 40.0, "height": 40.0, "rotation": 0}
 
 
-def test_rotated_rectangle_becomes_its_bounding_box_and_boxes_are_clamped() -> None:
+def test_rotated_rectangle_becomes_its_bounding_box_and_boxes_outside_are_rejected() -> None:
     size = ImageSize(1000, 500)
     # 100x50 px rectangle at (500, 100) rotated 90 degrees clockwise about its top-left corner
     value = {"x": 50.0, "y": 20.0, "width": 10.0, "height": 10.0, "rotation": 90}
     assert value_to_box(value, size, integer=True) == [450, 100, 500, 200]
     overshoot = {"x": -2.0, "y": 95.0, "width": 10.0, "height": 10.0, "rotation": 0}
-    assert value_to_box(overshoot, size, integer=True) == [0, 475, 80, 500]
+    with pytest.raises(AnnotationError, match=r"lies outside the 1000x500 image"):
+        value_to_box(overshoot, size, integer=True)
+    rounding = {"x": -0.0001, "y": 90.0, "width": 10.0001, "height": 10.00001, "rotation": 0}
+    assert value_to_box(rounding, size, integer=True) == [0, 450, 100, 500]
+    with pytest.raises(AnnotationError, match="x='abc' is not a number"):
+        value_to_box({**value, "x": "abc"}, size, integer=True)
 
 
 @pytest.mark.parametrize("name", SPECS)

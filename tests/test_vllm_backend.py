@@ -483,7 +483,9 @@ def test_sample_images_values_boxes_and_confidences(
     assert pred.field_confidence["objects"] == pytest.approx(0.35, abs=0.02) == pred.confidence
     assert pred.latency_ms and pred.latency_ms >= 20  # the server's 20 ms per request
     assert pred.prompt_tokens > 300 and pred.completion_tokens > 100  # 476x644 image = 391 patches
-    assert pred.model == settings.vllm.model and pred.prompt_hash == SPECS.get("grounding").prompt_hash
+    assert pred.model == settings.vllm.model and pred.prompt_hash == VLLMBackend(settings).prompt_hash(
+        SPECS.get("grounding")
+    )
 
 
 def _pred_by_sha(db: Database, sha: str, spec: str) -> Any:

@@ -17,7 +17,9 @@ from labelloop.cli.app import Context, app, ensure_db, get_ctx, out
 def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-    rejects: Annotated[bool, typer.Option("--rejects", help="List rejected files with their reasons.")] = False,
+    rejects: Annotated[
+        bool, typer.Option("--rejects", help="List rejected files and rejected annotations with their reasons.")
+    ] = False,
 ) -> None:
     """Counts per pipeline stage and per reject reason."""
     from labelloop.status import pipeline_status
@@ -27,6 +29,7 @@ def status(
     st = pipeline_status(c.db)
     if rejects:
         st["reject_list"] = _reject_list(c)
+        st["annotation_reject_list"] = _annotation_reject_list(c)
     if as_json:
         out.print_json(json.dumps(st))
         return
@@ -35,7 +38,7 @@ def status(
     table.add_column("group")
     table.add_column("count", justify="right")
     for stage, value in st.items():
-        if stage == "reject_list":
+        if stage in ("reject_list", "annotation_reject_list"):
             continue
         if isinstance(value, dict):
             if not value:
@@ -47,6 +50,11 @@ def status(
     out.print(table)
     for row in st.get("reject_list", []):
         out.print(f"  {row['reason']:<20} {row['source_uri']}  ({row['detail']})")
+    for row in st.get("annotation_reject_list", []):
+        out.print(
+            f"  annotation {row['annotation_id']} of task {row['task_id']} (project {row['project_id']},"
+            f" {row['spec']}): {row['reason']}"
+        )
 
 
 def _reject_list(c: Context) -> list[dict[str, str]]:
@@ -57,3 +65,29 @@ def _reject_list(c: Context) -> list[dict[str, str]]:
     with c.db.session() as s:
         rows = s.scalars(select(Reject).where(~Reject.sha256.in_(select(Item.sha256))).order_by(Reject.source_uri))
         return [{"source_uri": r.source_uri, "reason": r.reason, "detail": r.detail} for r in rows]
+
+
+def _annotation_reject_list(c: Context) -> list[dict[str, object]]:
+    """Rejected annotation versions not superseded by a synced later version of the same annotation."""
+    from sqlalchemy import select
+
+    from labelloop.db import Annotation, AnnotationReject
+
+    with c.db.session() as s:
+        synced = select(Annotation.ls_annotation_id).where(Annotation.ls_updated_at > AnnotationReject.ls_updated_at)
+        rows = s.scalars(
+            select(AnnotationReject)
+            .where(~AnnotationReject.ls_annotation_id.in_(synced.scalar_subquery().correlate(AnnotationReject)))
+            .order_by(AnnotationReject.id)
+        )
+        return [
+            {
+                "spec": r.spec,
+                "project_id": r.ls_project_id,
+                "task_id": r.ls_task_id,
+                "annotation_id": r.ls_annotation_id,
+                "annotator": r.annotator,
+                "reason": r.reason,
+            }
+            for r in rows
+        ]

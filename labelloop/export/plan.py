@@ -87,7 +87,8 @@ def plan_members(
     stmt = (
         select(*cols, Record.annotator, Record.record)
         .join(Item, Item.id == Record.item_id)
-        .where(Record.spec == spec.name)
+        # a partly reviewed document waits until every page is final (see review.sync)
+        .where(Record.spec == spec.name, Record.provenance != "partial")
         .order_by(Record.id)
         .execution_options(yield_per=2000)
     )

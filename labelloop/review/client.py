@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
@@ -84,9 +85,18 @@ def client_from_settings(settings: LabelStudioSettings, *, verify: bool = True) 
 
 
 def call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one SDK call, turning :class:`ApiError` into :class:`LabelStudioError` with context."""
+    """Run one SDK call, turning :class:`ApiError` and transport errors (server down, timeout)
+    into :class:`LabelStudioError` naming the step and the URL."""
     try:
         return fn(*args, **kwargs)
     except ApiError as e:
         cls = LabelStudioAuthError if e.status_code in (401, 403) else LabelStudioError
         raise cls(f"{what}: {api_error_message(e)}", e.status_code) from None
+    except httpx.RequestError as e:
+        try:
+            url = str(e.request.url)
+        except RuntimeError:  # no request attached
+            url = "(unknown URL)"
+        raise LabelStudioError(
+            f"{what}: Label Studio unreachable at {url}: {type(e).__name__}: {e}; rerun when it is back"
+        ) from None

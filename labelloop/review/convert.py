@@ -90,18 +90,47 @@ def box_to_value(bbox: Sequence[float], size: ImageSize) -> dict[str, float]:
     }
 
 
-def value_to_box(value: Mapping[str, Any], size: ImageSize, *, integer: bool) -> list[float] | list[int]:
-    """Label Studio's rectangle value -> [x1, y1, x2, y2] in pixels, clamped to the image.
+#: how far (pixels) a box may reach past the image edge before it is rejected: the percent
+#: round trip through Label Studio's float values is off by far less; a real overshoot is more
+EDGE_TOLERANCE_PX = 0.5
+
+
+class AnnotationError(ValueError):
+    """An annotation that breaks the spec (malformed value, box outside the image, two choices
+    on a single-choice field, an unknown control): rejected with this reason, never repaired."""
+
+
+def _number(value: Mapping[str, Any], key: str, rid: Any) -> float:
+    raw = value.get(key, 0.0 if key == "rotation" else None)
+    try:
+        if raw is None or isinstance(raw, bool):
+            raise TypeError
+        out = float(raw)
+    except (TypeError, ValueError):
+        raise AnnotationError(f"region {rid!r}: {key}={raw!r} is not a number") from None
+    if not math.isfinite(out):
+        raise AnnotationError(f"region {rid!r}: {key}={raw!r} is not a finite number")
+    return out
+
+
+def value_to_box(
+    value: Mapping[str, Any], size: ImageSize, *, integer: bool, rid: Any = None
+) -> list[float] | list[int]:
+    """Label Studio's rectangle value -> [x1, y1, x2, y2] in pixels.
 
     A rotated rectangle (rotation in degrees, clockwise about its top-left corner, applied in
     pixel space) becomes its axis-aligned bounding box: records have no rotation. ``integer``
-    rounds to whole pixels (image specs' schemas use integers); otherwise to 0.01 px.
+    rounds to whole pixels (image specs' schemas use integers); otherwise to 0.01 px. A box that
+    reaches more than :data:`EDGE_TOLERANCE_PX` outside the image, or has no area, raises
+    :class:`AnnotationError`: clamping it would store a box nobody drew.
     """
-    x = float(value["x"]) / 100.0 * size.width
-    y = float(value["y"]) / 100.0 * size.height
-    w = float(value["width"]) / 100.0 * size.width
-    h = float(value["height"]) / 100.0 * size.height
-    theta = math.radians(float(value.get("rotation") or 0.0))
+    x = _number(value, "x", rid) / 100.0 * size.width
+    y = _number(value, "y", rid) / 100.0 * size.height
+    w = _number(value, "width", rid) / 100.0 * size.width
+    h = _number(value, "height", rid) / 100.0 * size.height
+    if w <= 0 or h <= 0:
+        raise AnnotationError(f"region {rid!r}: box of {w:.2f}x{h:.2f} px has no area")
+    theta = math.radians(_number(value, "rotation", rid))
     if theta:
         c, s = math.cos(theta), math.sin(theta)
         xs = [x, x + w * c, x - h * s, x + w * c - h * s]
@@ -109,12 +138,12 @@ def value_to_box(value: Mapping[str, Any], size: ImageSize, *, integer: bool) ->
         box = [min(xs), min(ys), max(xs), max(ys)]
     else:
         box = [x, y, x + w, y + h]
-    box = [
-        min(max(box[0], 0.0), size.width),
-        min(max(box[1], 0.0), size.height),
-        min(max(box[2], 0.0), size.width),
-        min(max(box[3], 0.0), size.height),
-    ]
+    tol = EDGE_TOLERANCE_PX
+    if box[0] < -tol or box[1] < -tol or box[2] > size.width + tol or box[3] > size.height + tol:
+        shown = ", ".join(f"{v:.1f}" for v in box)
+        raise AnnotationError(f"region {rid!r}: box [{shown}] lies outside the {size.width}x{size.height} image")
+    # within the tolerance: the float round trip, not a drawing; snap to the edge
+    box = [max(box[0], 0.0), max(box[1], 0.0), min(box[2], size.width), min(box[3], size.height)]
     if integer:
         return [round(v) for v in box]
     return [round(v, 2) for v in box]
@@ -271,7 +300,7 @@ def _size_of(entry: Mapping[str, Any], size: ImageSize | None) -> ImageSize:
     try:
         return ImageSize(int(entry["original_width"]), int(entry["original_height"]))
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"region {entry.get('id')!r}: no image size to convert percent to pixels") from None
+        raise AnnotationError(f"region {entry.get('id')!r}: no image size to convert percent to pixels") from None
 
 
 class _Index:
@@ -308,11 +337,12 @@ def field_from_result(
     if f.kind == "text":
         return _texts(index.plain(ls.from_name))
     if f.kind == "choice":
-        for e in index.plain(ls.from_name):
-            chosen = e.get("value", {}).get("choices") or []
-            if chosen:
-                return chosen[0]
-        return None
+        chosen = [c for e in index.plain(ls.from_name) for c in (e.get("value", {}).get("choices") or [])]
+        if len(chosen) > 1:
+            raise AnnotationError(f"{name}: {len(chosen)} choices {chosen!r} on a single-choice field")
+        if chosen and f.choices and chosen[0] not in f.choices:
+            raise AnnotationError(f"{name}: {chosen[0]!r} is not one of the spec's choices")
+        return chosen[0] if chosen else None
     if f.kind == "qa":
         return _qa_from_result(name, f, index)
     if f.kind == "events":
@@ -320,14 +350,16 @@ def field_from_result(
     rects = index.rects(ls.from_name)
     if f.kind == "box":
         want = ls.label or name
-        for e in rects:
-            if want in _labels(e):
-                return value_to_box(e["value"], _size_of(e, size), integer=integer)
+        mine = [e for e in rects if want in _labels(e)]
+        if len(mine) > 1:
+            raise AnnotationError(f"{name}: {len(mine)} boxes labelled {want!r}, the field holds one")
+        if mine:
+            return value_to_box(mine[0]["value"], _size_of(mine[0], size), integer=integer, rid=mine[0].get("id"))
         return None
     out: list[dict[str, Any]] = []
     model_by_id = {f"{name}-{i}": m for i, m in enumerate(model_value or [])}
     for e in rects:
-        box = value_to_box(e["value"], _size_of(e, size), integer=integer)
+        box = value_to_box(e["value"], _size_of(e, size), integer=integer, rid=e.get("id"))
         labels = _labels(e)
         if f.kind == "regions":
             out.append({"bbox": box, "text": index.region_text(ls.text_from_name, e.get("id"))})
@@ -382,6 +414,29 @@ def _qa_from_result(name: str, f: FieldSpec, index: _Index) -> list[dict[str, An
     return [{"question": q, "answer": a} for q, a in zip(questions, answers, strict=True)]
 
 
+def _check_controls(spec: TaskSpec, result: Sequence[Mapping[str, Any]]) -> None:
+    """Every region belongs to a control of the spec, and a box control's labels to its fields."""
+    controls = {f.ls.from_name for f in spec.fields.values()} | {
+        f.ls.text_from_name for f in spec.fields.values() if f.ls.text_from_name
+    }
+    box_labels: dict[str, set[str]] = {}
+    for name, f in spec.fields.items():
+        if f.kind == "box":
+            box_labels.setdefault(f.ls.from_name, set()).add(f.ls.label or name)
+        elif f.kind in ("regions", "objects", "blocks"):
+            box_labels.pop(f.ls.from_name, None)  # a control shared with list fields is open
+    for e in result:
+        control = e.get("from_name")
+        if e.get("type") == "relation" or control is None:
+            continue
+        if control not in controls:
+            raise AnnotationError(f"region {e.get('id')!r}: unknown control {control!r} (not in spec {spec.name!r})")
+        if control in box_labels and e.get("type") in RECT_TYPES:
+            unknown = set(_labels(e)) - box_labels[control]
+            if unknown:
+                raise AnnotationError(f"region {e.get('id')!r}: unknown label(s) {sorted(unknown)} on {control!r}")
+
+
 def from_result(
     spec: TaskSpec,
     result: Sequence[Mapping[str, Any]],
@@ -391,9 +446,13 @@ def from_result(
     """A Label Studio result as a task view, boxes back in pixels.
 
     ``size`` None uses each region's ``original_width``/``original_height`` (for tasks whose
-    prediction failed before the image size was known). ``model_view`` lets a reviewed block keep
+    prediction failed before the image size was known). Anything that breaks the spec raises
+    :class:`AnnotationError` with the reason. ``model_view`` lets a reviewed block keep
     its model ``source``; every reviewed block gets score 1.0.
     """
+    if not isinstance(result, Sequence) or not all(isinstance(e, Mapping) for e in result):
+        raise AnnotationError("the result is not a list of regions")
+    _check_controls(spec, result)
     index = _Index(result)
     integer = spec.media == "image"
     model_view = model_view or {}

@@ -1,5 +1,10 @@
 """Import pending review tasks into Label Studio: chunked, with predictions, never twice.
 
+One import per spec at a time, everywhere: :func:`import_pending` holds a lock in the curation
+DB (:mod:`labelloop.db.locks`) for the whole run, and every Airflow task that imports runs in
+the ``labelloop_label_studio`` pool. The project is the one whose id is stored in ``ls_projects``
+(see :mod:`.projects`), never one found by title twice.
+
 Label Studio has no task upsert (re-importing duplicates) and the SDK retries POSTs on 5xx and
 timeouts-adjacent errors, which can import a chunk twice. So, per chunk of
 ``settings.label_studio.import_chunk`` tasks:
@@ -33,11 +38,12 @@ from sqlalchemy.orm import selectinload
 
 from labelloop.config import Settings
 from labelloop.db import Database, Item, Prediction, ReviewTask
+from labelloop.db.locks import exclusive
 from labelloop.prelabel.ensemble import hint_text
 from labelloop.review import convert
 from labelloop.review.client import LabelStudioError, call
 from labelloop.review.media import MediaLinker
-from labelloop.review.projects import control_labels, ensure_project, extend_labels, set_model_version
+from labelloop.review.projects import control_labels, extend_labels, project_for, set_model_version
 from labelloop.review.routing import STATUS_IMPORTED, STATUS_PENDING
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore
@@ -309,11 +315,28 @@ def import_pending(
     limit: int | None = None,
     chunk: int | None = None,
 ) -> ImportStats:
-    """Import the spec's pending review tasks (at most ``limit``); safe to rerun at any point."""
+    """Import the spec's pending review tasks (at most ``limit``); safe to rerun at any point,
+    and to start twice: the second run waits for the import lock of the spec (a database lock,
+    so the CLI and every Airflow DAG share it), then finds nothing left to import."""
+    with exclusive(db, f"label_studio_import:{spec.name}", timeout_s=settings.label_studio.import_lock_timeout_s):
+        return _import_pending(db, ls, settings, spec, label_config, store, limit=limit, chunk=chunk)
+
+
+def _import_pending(
+    db: Database,
+    ls: LabelStudio,
+    settings: Settings,
+    spec: TaskSpec,
+    label_config: str,
+    store: ObjectStore,
+    *,
+    limit: int | None,
+    chunk: int | None,
+) -> ImportStats:
     t0 = time.perf_counter()
     lss = settings.label_studio
     chunk = chunk or lss.import_chunk
-    pid = ensure_project(ls, lss.project_prefix, spec, label_config)
+    pid = project_for(db, ls, lss.url, lss.project_prefix, spec, label_config)
     stats = ImportStats(spec=spec.name, project_id=pid)
     stats.model_version = newest_pending_model_version(db, spec)
     if stats.model_version is None:

@@ -1,8 +1,10 @@
-"""One Label Studio project per task spec, found or created by title, idempotently.
+"""One Label Studio project per task spec, found or created once and then known by its id.
 
-The project title is ``<prefix>-<spec>``. Creating is safe to race: Label Studio refuses a second
-project with the same title from the same user ("Project with the same name already exists"), and
-we then use the one that exists. The project is set up for review of pre-labeled tasks:
+The project title is ``<prefix>-<spec>``. The first import finds the oldest project with that
+title or creates it, under the import lock (:mod:`labelloop.db.locks`), and stores its id in
+``ls_projects``; from then on import and sync use the stored id, never the title, so a second
+project with the same title (made by hand, or by a race before the id was stored) never takes
+over. The project is set up for review of pre-labeled tasks:
 
 * ``sampling = "Uncertainty sampling"`` (the CLI's ``--sampling prediction-score-min``): the
   labeling queue serves the task whose prediction has the lowest ``score`` first, among
@@ -27,6 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 from label_studio_sdk import LabelStudio
 
+from labelloop.db import Database, LabelStudioProject
 from labelloop.review.client import LabelStudioError, call
 from labelloop.specs import TaskSpec
 
@@ -101,15 +104,18 @@ def find_project(ls: LabelStudio, title: str) -> int | None:
     return min(ids) if ids else None
 
 
-def ensure_project(ls: LabelStudio, prefix: str, spec: TaskSpec, label_config: str) -> int:
-    """Find or create the spec's project; keep its label config in step with ``label_config``.
+def ensure_project(
+    ls: LabelStudio, prefix: str, spec: TaskSpec, label_config: str, *, project_id: int | None = None
+) -> int:
+    """Find (``project_id``, else by title) or create the spec's project; keep its label config in
+    step with ``label_config``.
 
     An existing project keeps the labels that imports appended to it (:func:`extend_labels`),
     so a config file update never removes a label annotations may use.
     """
     label_config = label_config.strip()  # Label Studio stores the config stripped
     title = project_title(prefix, spec)
-    pid = find_project(ls, title)
+    pid = project_id if project_id is not None else find_project(ls, title)
     if pid is None:
         try:
             created = call(
@@ -145,6 +151,45 @@ def ensure_project(ls: LabelStudio, prefix: str, spec: TaskSpec, label_config: s
         call(f"update project {pid}", ls.projects.update, id=pid, **updates)
     ensure_review_view(ls, int(pid), spec)
     return int(pid)
+
+
+def stored_project_id(db: Database, url: str, title: str) -> int | None:
+    """The project id stored for ``title`` on the Label Studio at ``url``, if any."""
+    with db.session() as s:
+        row = s.get(LabelStudioProject, title)
+        return row.project_id if row is not None and row.url == url.rstrip("/") else None
+
+
+def project_for(db: Database, ls: LabelStudio, url: str, prefix: str, spec: TaskSpec, label_config: str) -> int:
+    """The spec's project: the stored one, else found by title or created, then stored.
+
+    Call it holding the import lock. A stored project that no longer exists in Label Studio is
+    an error (its tasks are gone too; a person must decide), not a silent new project.
+    """
+    title = project_title(prefix, spec)
+    url = url.rstrip("/")
+    pid = stored_project_id(db, url, title)
+    if pid is not None:
+        try:
+            call(f"get project {pid}", ls.projects.get, id=pid)
+        except LabelStudioError as e:
+            if e.status_code == 404:
+                raise LabelStudioError(
+                    f"project {pid} ({title!r}), stored in the curation DB (ls_projects), no longer exists in "
+                    f"Label Studio at {url}; delete that row to start a new project",
+                    404,
+                ) from None
+            raise
+        return ensure_project(ls, prefix, spec, label_config, project_id=pid)
+    pid = ensure_project(ls, prefix, spec, label_config)
+    with db.session() as s:
+        row = s.get(LabelStudioProject, title)
+        if row is None:
+            s.add(LabelStudioProject(title=title, url=url, spec=spec.name, project_id=pid))
+        else:  # stored for another Label Studio server: this one is now in use
+            row.url, row.project_id = url, pid
+        s.commit()
+    return pid
 
 
 def set_model_version(ls: LabelStudio, project_id: int, model_version: str) -> bool:

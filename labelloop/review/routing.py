@@ -62,8 +62,10 @@ STATUS_COMPLETED = "completed"
 STATUS_SKIPPED = "skipped"
 STATUS_DELETED = "deleted"
 
+#: a document some of whose pages are reviewed and others not yet: never exported as it is
+PROVENANCE_PARTIAL = "partial"
 #: provenances a machine must never overwrite
-HUMAN_PROVENANCES = ("human", "audited")
+HUMAN_PROVENANCES = ("human", "audited", PROVENANCE_PARTIAL)
 
 
 def audit_fraction(salt: str, item_sha256: str, spec: str) -> float:

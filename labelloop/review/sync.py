@@ -11,37 +11,56 @@ are recognised by (Label Studio annotation id, its ``updated_at``) and skipped.
 Per task the newest annotation wins (history kept, older versions ``is_latest = False``):
 
 * cancelled ("skip" in the UI): the task is marked ``skipped``; the record is left alone;
+* a version that is malformed or breaks the spec (a box outside the image, two choices on a
+  single-choice field, an unknown control, a value of the wrong type) is not repaired: it
+  becomes an ``annotation_rejects`` row (task, annotation, reason; ``labelloop status``) and is
+  never a record or a correction; the annotations after it sync, and the watermark moves on;
 * otherwise its result is converted back to a record (original pixels), every field of the spec
   goes to ``field_corrections`` (model value and confidence, human value, changed/distance by the
   spec's comparison) and the record is upserted with provenance "human", or "audited" when the
-  task was an audit sample.
+  task was an audit sample. A document's record is "partial" while any of its pages' review is
+  not final (skipped, pending): the unreviewed pages are model output, and export leaves the
+  document out until every page is reviewed.
 
 Tasks deleted in Label Studio are found by comparing the project's task ids with ours.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema.validators import validator_for
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
-from labelloop.db import Annotation, Database, FieldCorrection, Item, Prediction, Record, ReviewTask, SyncState
+from labelloop.db import (
+    Annotation,
+    AnnotationReject,
+    Database,
+    FieldCorrection,
+    Item,
+    Prediction,
+    Record,
+    ReviewTask,
+    SyncState,
+)
 from labelloop.db.types import utcnow
 from labelloop.review import convert
 from labelloop.review.client import LabelStudioError, call
 from labelloop.review.importer import media_key, task_size
-from labelloop.review.projects import find_project, project_title
+from labelloop.review.projects import find_project, project_title, stored_project_id
 from labelloop.review.routing import (
+    PROVENANCE_PARTIAL,
     ROUTE_AUDIT,
     STATUS_COMPLETED,
     STATUS_DELETED,
@@ -95,6 +114,8 @@ class SyncStats:
     corrections: int = 0
     records: int = 0
     foreign_tasks: int = 0
+    #: annotation versions that broke the spec (see ``annotation_rejects``)
+    rejected: int = 0
     watermark: dt.datetime | None = None
     seconds: float = 0.0
 
@@ -164,9 +185,17 @@ def count_completed_since(ls: LabelStudio, project_id: int, since: dt.datetime |
     return int(getattr(pager.response, "total", None) or 0)
 
 
+def _project_id(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpec) -> int | None:
+    """The spec's project: the id the importer stored; by title only for a project imported
+    before ids were stored."""
+    lss = settings.label_studio
+    title = project_title(lss.project_prefix, spec)
+    return stored_project_id(db, lss.url, title) or find_project(ls, title)
+
+
 def count_new_completed(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpec) -> int:
     """Completed tasks of the spec's project since the last sync watermark (for the sensor)."""
-    pid = find_project(ls, project_title(settings.label_studio.project_prefix, spec))
+    pid = _project_id(db, ls, settings, spec)
     if pid is None:
         return 0
     return count_completed_since(ls, pid, get_watermark(db, sync_key(pid)))
@@ -201,7 +230,13 @@ class _Page:
     items: dict[int, Item]
     records: dict[int, Record]
     #: review tasks that had synced annotations before this page
-    with_history: set[int]
+    with_history: set[int] = field(default_factory=set)
+    _validators: dict[str, Any] = field(default_factory=dict)
+
+    def validator(self, spec: TaskSpec) -> Any:
+        if spec.name not in self._validators:
+            self._validators[spec.name] = _human_schema(spec)
+        return self._validators[spec.name]
 
 
 def _apply_latest(s: Session, spec: TaskSpec, rt: ReviewTask, ann: Annotation, ctx: _Page, stats: SyncStats) -> None:
@@ -213,8 +248,7 @@ def _apply_latest(s: Session, spec: TaskSpec, rt: ReviewTask, ann: Annotation, c
     pred, item = ctx.preds[rt.prediction_id], ctx.items[rt.item_id]
     size = task_size(spec, item, pred, rt.page)
     model_view = convert.task_view(spec, pred.record, rt.page) if pred.status == "ok" else {}
-    human_view = convert.from_result(spec, ann.result or [], size, model_view)
-    ann.record = human_view
+    human_view = ann.record if ann.record is not None else convert_annotation(spec, rt, ann.result, ctx)
     if rt.id in ctx.with_history:
         s.execute(
             update(FieldCorrection)
@@ -251,6 +285,19 @@ def _apply_latest(s: Session, spec: TaskSpec, rt: ReviewTask, ann: Annotation, c
     stats.records += 1
 
 
+def _pages_waiting(s: Session, rt: ReviewTask) -> list[int]:
+    """Pages of the same prediction whose review is not final (this one counts as final)."""
+    return list(
+        s.scalars(
+            select(ReviewTask.page).where(
+                ReviewTask.prediction_id == rt.prediction_id,
+                ReviewTask.id != rt.id,
+                ReviewTask.status != STATUS_COMPLETED,
+            )
+        )
+    )
+
+
 def _upsert_human_record(
     s: Session,
     spec: TaskSpec,
@@ -271,13 +318,17 @@ def _upsert_human_record(
         defaults.update(width_px=size.width, height_px=size.height)
     record = convert.merge_page(spec, base, rt.page, view, page_defaults=defaults)
     is_new = rec is None
+    provenance = "audited" if rt.route == ROUTE_AUDIT else "human"
+    if spec.media == "document" and _pages_waiting(s, rt):
+        # the other pages are still model output: not "human", and not exportable until final
+        provenance = PROVENANCE_PARTIAL
     rec = put_record(
         s,
         rec,
         item_id=rt.item_id,
         spec=spec.name,
         pred=pred,
-        provenance="audited" if rt.route == ROUTE_AUDIT else "human",
+        provenance=provenance,
         record=record,
         annotation_id=ann.id,
         annotator=ann.annotator,
@@ -289,17 +340,62 @@ def _upsert_human_record(
 # --------------------------------------------------------------------------- one page of tasks
 
 
+def _human_schema(spec: TaskSpec) -> Any:
+    """The spec's schema for what a reviewer gave: every field optional (an unanswered field is
+    the quality gate's business), every value that is there checked for type, enum and shape."""
+    schema = copy.deepcopy(spec.json_schema)
+    schema.pop("required", None)
+    cls = validator_for(schema)
+    return cls(schema)
+
+
+def convert_annotation(spec: TaskSpec, rt: ReviewTask, result: Any, ctx: _Page) -> dict[str, Any]:
+    """A Label Studio result as the task's view (original pixels), validated against the spec.
+
+    Raises :class:`convert.AnnotationError` with the reason when the result is malformed or
+    breaks the spec: nothing is repaired (see :mod:`labelloop.review.convert`).
+    """
+    pred, item = ctx.preds[rt.prediction_id], ctx.items[rt.item_id]
+    size = task_size(spec, item, pred, rt.page)
+    model_view = convert.task_view(spec, pred.record, rt.page) if pred.status == "ok" else {}
+    try:
+        view = convert.from_result(spec, result if result is not None else [], size, model_view)
+    except convert.AnnotationError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # malformed in a way not foreseen
+        raise convert.AnnotationError(f"malformed result: {type(e).__name__}: {e}") from None
+    if spec.media == "image":
+        given = {k: v for k, v in view.items() if v is not None}
+        errors = sorted(ctx.validator(spec).iter_errors(given), key=lambda e: list(e.absolute_path))
+        if errors:
+            where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise convert.AnnotationError(f"breaks the spec's schema: {where}: {errors[0].message}{more}")
+    return view
+
+
 def _new_annotations(
-    s: Session, tasks: list[Any], rts: dict[str, ReviewTask], users: _Users, stats: SyncStats
+    s: Session,
+    spec: TaskSpec,
+    tasks: list[Any],
+    rts: dict[str, ReviewTask],
+    users: _Users,
+    stats: SyncStats,
+    ctx: _Page,
+    project_id: int,
 ) -> dict[int, list[Annotation]]:
-    """Annotation rows for the versions not synced before, by review task id (added, unflushed)."""
+    """Annotation rows for the versions not synced before, by review task id (added, unflushed).
+
+    Each version is converted and validated on its own, before it becomes a row: one that
+    breaks the spec becomes an ``annotation_rejects`` row with the reason instead, and the
+    versions after it go on. A version seen before (synced or rejected) is skipped.
+    """
     ann_ids = [int(a["id"]) for t in tasks for a in (t.annotations or [])]
     known = {
         (a_id, ts)
+        for model in (Annotation, AnnotationReject)
         for a_id, ts in s.execute(
-            select(Annotation.ls_annotation_id, Annotation.ls_updated_at).where(
-                Annotation.ls_annotation_id.in_(ann_ids)
-            )
+            select(model.ls_annotation_id, model.ls_updated_at).where(model.ls_annotation_id.in_(ann_ids))
         )
     }
     new: dict[int, list[Annotation]] = {}
@@ -315,16 +411,41 @@ def _new_annotations(
                 stats.annotations_known += 1
                 continue
             known.add(key)
+            cancelled = bool(a.get("was_cancelled"))
+            raw = a.get("result")
+            record = None
+            if not cancelled:
+                try:
+                    record = convert_annotation(spec, rt, raw, ctx)
+                except convert.AnnotationError as e:
+                    reason = f"task {t.id}, annotation {key[0]}: {e}"
+                    log.warning("%s: rejected %s", spec.name, reason)
+                    s.add(
+                        AnnotationReject(
+                            spec=spec.name,
+                            ls_project_id=project_id,
+                            ls_task_id=int(t.id),
+                            ls_annotation_id=key[0],
+                            ls_updated_at=key[1],
+                            review_task_id=rt.id,
+                            annotator=users.email(a.get("completed_by")),
+                            reason=str(e),
+                            result=raw if isinstance(raw, list) else [raw],
+                        )
+                    )
+                    stats.rejected += 1
+                    continue
             row = Annotation(
                 review_task_id=rt.id,
                 ls_annotation_id=key[0],
                 ls_task_id=int(t.id),
                 ls_updated_at=key[1],
                 is_latest=False,
-                was_cancelled=bool(a.get("was_cancelled")),
+                was_cancelled=cancelled,
                 annotator=users.email(a.get("completed_by")),
                 lead_time_s=a.get("lead_time"),
-                result=a.get("result") or [],
+                result=raw or [],
+                record=record,
             )
             s.add(row)
             new.setdefault(rt.id, []).append(row)
@@ -332,15 +453,7 @@ def _new_annotations(
     return new
 
 
-def _load_page(s: Session, spec: TaskSpec, rts: list[ReviewTask], new: dict[int, list[Annotation]]) -> _Page:
-    new_ids = [a.id for rows in new.values() for a in rows]
-    with_history = set(
-        s.scalars(
-            select(Annotation.review_task_id)
-            .where(Annotation.review_task_id.in_(list(new)), Annotation.id.not_in(new_ids))
-            .distinct()
-        )
-    )
+def _load_page(s: Session, spec: TaskSpec, rts: list[ReviewTask]) -> _Page:
     pred_ids = {rt.prediction_id for rt in rts}
     item_ids = {rt.item_id for rt in rts}
     return _Page(
@@ -350,19 +463,35 @@ def _load_page(s: Session, spec: TaskSpec, rts: list[ReviewTask], new: dict[int,
             r.item_id: r
             for r in s.scalars(select(Record).where(Record.spec == spec.name, Record.item_id.in_(item_ids)))
         },
-        with_history=with_history,
     )
 
 
-def _sync_page(s: Session, spec: TaskSpec, tasks: list[Any], users: _Users, stats: SyncStats) -> None:
+def _history(s: Session, new: dict[int, list[Annotation]]) -> set[int]:
+    """Review tasks that had synced annotations before this page."""
+    new_ids = [a.id for rows in new.values() for a in rows]
+    return set(
+        s.scalars(
+            select(Annotation.review_task_id)
+            .where(Annotation.review_task_id.in_(list(new)), Annotation.id.not_in(new_ids))
+            .distinct()
+        )
+    )
+
+
+def _sync_page(s: Session, spec: TaskSpec, tasks: list[Any], users: _Users, stats: SyncStats, project_id: int) -> None:
     ext_ids = [str((t.data or {}).get("external_id")) for t in tasks]
     rts = {rt.external_id: rt for rt in s.scalars(select(ReviewTask).where(ReviewTask.external_id.in_(ext_ids)))}
-    new = _new_annotations(s, tasks, rts, users, stats)
+    if not rts:
+        stats.tasks_seen += len(tasks)
+        stats.foreign_tasks += len(tasks)
+        return
+    ctx = _load_page(s, spec, list(rts.values()))
+    new = _new_annotations(s, spec, tasks, rts, users, stats, ctx, project_id)
     if not new:
         return
     s.flush()  # annotation ids, for the correction log
+    ctx.with_history = _history(s, new)
     changed = [rt for rt in rts.values() if rt.id in new]
-    ctx = _load_page(s, spec, changed, new)
     for rt in changed:
         if rt.id in ctx.with_history:
             history = list(s.scalars(select(Annotation).where(Annotation.review_task_id == rt.id)))
@@ -419,7 +548,7 @@ def sync_project(
     """Sync one spec's project (found by title unless ``project_id`` is given)."""
     t0 = time.perf_counter()
     lss = settings.label_studio
-    pid = project_id or find_project(ls, project_title(lss.project_prefix, spec))
+    pid = project_id or _project_id(db, ls, settings, spec)
     stats = SyncStats(spec=spec.name, project_id=pid)
     if pid is None:
         return stats
@@ -437,7 +566,7 @@ def sync_project(
         if newest is not None and (watermark is None or newest > watermark):
             watermark = newest
         with db.session() as s:
-            _sync_page(s, spec, fresh, users, stats)
+            _sync_page(s, spec, fresh, users, stats, pid)
             _advance(s, key, pid, watermark)
             s.commit()  # the watermark moves only together with what it covers
         seen.update(stamps)

@@ -2,9 +2,11 @@
 
 Thin on purpose: the work lives in ``labelloop.review`` so the CLI, tests and Airflow run the same
 code. Both operators are safe to retry: routing never re-decides, the import looks up external
-ids before each chunk, and the sync watermark only moves with committed data. Run at most one
-import per spec at a time (a pool or ``max_active_tis_per_dag=1``): the external-id lookup
-protects against reruns, not against two importers racing on the same pending rows.
+ids before each chunk, and the sync watermark only moves with committed data. Two importers can
+never race: the core holds a lock in the curation DB per spec for the whole import, and the
+import task runs in the one-slot pool :data:`LABEL_STUDIO_POOL` shared by every DAG that writes
+to Label Studio (``max_active_tis_per_dag`` only limits one DAG; the prelabel DAG and the
+nightly overlap). The pool is created by ``airflow-init`` (docker-compose) and the demo.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
+
+#: the Airflow pool (1 slot) of every task that writes to Label Studio
+LABEL_STUDIO_POOL = "labelloop_label_studio"
 
 
 def review_settings(label_studio_conn_id: str) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import time
@@ -150,6 +151,31 @@ class VLLMBackend(Backend):
     def supports(self, spec: TaskSpec) -> bool:
         return spec.media in ("image", "video")
 
+    #: smart_resize's patch factor used on the client (Qwen2/2.5-VL: 28); part of the identity
+    resize_factor = 28
+    #: sampling temperature of every request (greedy); part of the identity
+    temperature = 0.0
+
+    def prompt_hash(self, spec: TaskSpec) -> str:
+        """The spec's prompt and schema plus every setting that changes the answer or how it is
+        read: the coordinate convention, the client-side resize bounds and factor, the token limit
+        and the temperature. Changing any of them is a new prediction and new thresholds; keeping
+        the old ones would read new boxes with old conventions or trust old calibration."""
+        cfg = self.cfg
+        blob = json.dumps(
+            {
+                "prompt": spec.prompt_hash,
+                "coordinate_mode": cfg.coordinate_mode,
+                "min_pixels": cfg.min_pixels,
+                "max_pixels": cfg.max_pixels,
+                "resize_factor": self.resize_factor,
+                "max_tokens": cfg.max_tokens,
+                "temperature": self.temperature,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def client(self) -> ChatClient:
         """The pooled client of the running loop (a new loop, e.g. a second asyncio.run, gets its own)."""
         loop = asyncio.get_running_loop()
@@ -241,6 +267,7 @@ class VLLMBackend(Backend):
                 json_schema=spec.json_schema,
                 schema_name=spec.name,
                 max_tokens=self.cfg.max_tokens,
+                temperature=self.temperature,
                 logprobs=True,
                 top_logprobs=self.cfg.top_logprobs,
                 request_id=item.sha256,
