@@ -3,6 +3,8 @@ the drift guard, versioning in the DB, and the report."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sqlalchemy import func, select
@@ -16,6 +18,9 @@ from labelloop.db.types import utcnow
 from labelloop.storage import LocalStore
 
 TARGET = 0.02
+#: the DB-backed tests are about versioning and the drift guard, not power: a target the simulated
+#: model meets with a few hundred reviews under the (anytime-valid, so less powerful) betting bound
+DB_TARGET = 0.05
 
 
 def true_error(conf: np.ndarray) -> np.ndarray:
@@ -150,7 +155,16 @@ def _log(
             s.add(pred)
             s.flush()
             task = ReviewTask(
-                prediction_id=pred.id, item_id=item.id, spec=spec, route=route, status="completed", external_id=f"t{n}"
+                prediction_id=pred.id,
+                item_id=item.id,
+                spec=spec,
+                route=route,
+                status="completed",
+                external_id=f"t{n}",
+                # "review" rows here stand for the full-review phase (a random sample, probability 1)
+                design="audit" if route == "audit" else "full_review",
+                inclusion_prob=0.05 if route == "audit" else 1.0,
+                audit_rate=0.05,
             )
             s.add(task)
             s.flush()
@@ -191,14 +205,14 @@ def _sim_rows(seed: int, n: int, route: str = "review") -> list[tuple[float, boo
 
 
 def test_calibrate_writes_versioned_thresholds_and_is_idempotent(db: Database) -> None:
-    settings = CalibrationSettings(target_error=TARGET, min_samples=50)
+    settings = CalibrationSettings(target_error=DB_TARGET, min_samples=50)
     _log(db, _sim_rows(3, 1500))
     result = calibrate(db, settings)
     [out] = result.outcomes
     assert out.written and out.version == 1 and out.choice.threshold is not None
     with db.session() as s:
         [t] = current_thresholds(s).values()
-        assert t.threshold == out.choice.threshold and t.upper_bound <= TARGET and t.n_samples > 50
+        assert t.threshold == out.choice.threshold and t.upper_bound <= DB_TARGET and t.n_samples > 50
         assert t.evidence["reliability"] and {c["route"] for c in t.evidence["reliability"]} == {"review"}
     again = calibrate(db, settings)
     assert not again.outcomes[0].written
@@ -207,7 +221,7 @@ def test_calibrate_writes_versioned_thresholds_and_is_idempotent(db: Database) -
 
 
 def test_new_model_version_starts_at_full_review(db: Database) -> None:
-    settings = CalibrationSettings(target_error=TARGET, min_samples=50)
+    settings = CalibrationSettings(target_error=DB_TARGET, min_samples=50)
     _log(db, _sim_rows(4, 800))
     with db.transaction() as s:  # a new model version has predicted, nobody reviewed it yet
         item = Item(
@@ -238,14 +252,14 @@ def test_new_model_version_starts_at_full_review(db: Database) -> None:
 
 
 def test_drift_in_audit_sample_trips_the_guard(db: Database) -> None:
-    settings = CalibrationSettings(target_error=TARGET, min_samples=50)
+    settings = CalibrationSettings(target_error=DB_TARGET, min_samples=50)
     _log(db, _sim_rows(5, 1500))
     calibrate(db, settings)
     with db.session() as s:
         [t] = current_thresholds(s).values()
     # the world changed: audited auto-accepts above the threshold are now often corrected
     rng = np.random.default_rng(9)
-    audits = [(float(c), bool(rng.random() < 0.15), "audit") for c in rng.uniform(t.threshold, 1, 60)]
+    audits = [(float(c), bool(rng.random() < 0.35), "audit") for c in rng.uniform(t.threshold, 1, 60)]
     _log(db, audits)
     with pytest.raises(DriftDetected, match="plate_number") as exc:
         calibrate(db, settings)
@@ -256,7 +270,7 @@ def test_drift_in_audit_sample_trips_the_guard(db: Database) -> None:
 
 
 def test_clean_audits_do_not_trip_the_guard(sqlite_db: Database) -> None:
-    settings = CalibrationSettings(target_error=TARGET, min_samples=50)
+    settings = CalibrationSettings(target_error=DB_TARGET, min_samples=50)
     _log(sqlite_db, _sim_rows(6, 1500))
     calibrate(sqlite_db, settings)
     with sqlite_db.session() as s:
@@ -267,7 +281,7 @@ def test_clean_audits_do_not_trip_the_guard(sqlite_db: Database) -> None:
 
 
 def test_report_has_plots_time_saved_and_html(sqlite_db: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings = CalibrationSettings(target_error=TARGET, min_samples=50)
+    settings = CalibrationSettings(target_error=DB_TARGET, min_samples=50)
     _log(sqlite_db, _sim_rows(7, 1200) + _sim_rows(8, 100, route="audit"))
     result = calibrate(sqlite_db, settings)
     store = LocalStore(tmp_path)
@@ -294,11 +308,28 @@ def test_cli_calibrate_and_thresholds(tmp_path, monkeypatch) -> None:  # type: i
         "LABELLOOP_STORAGE__ROOT": str(tmp_path / "o"),
         "LABELLOOP_HOME": str(tmp_path),
         "COLUMNS": "250",
+        "LABELLOOP_CALIBRATION__TARGET_ERROR": str(DB_TARGET),
     }
+    # the offline interface: export the log, calibrate from it without the database
+    log = tmp_path / "log.jsonl"
+    r = CliRunner().invoke(app, ["corrections", "export", str(log)], env=env)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(rows) == 1200 and rows[0]["route"] == "full_review" and rows[0]["inclusion_prob"] == 1.0
+    assert set(rows[0]) >= {"spec", "field", "item", "model_key", "confidence", "changed", "route", "inclusion_prob"}
+    r = CliRunner().invoke(app, ["calibrate", "--from-log", str(log), "--target", "0.05", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    il = doc["item_level"]
+    assert il["target"] == 0.05 and il["n_items"] == 1200 and il["upper_bound"] <= 0.05 and 0 < il["coverage"] <= 1
+    assert il["method"] == "clopper_pearson"  # one look at a plain sample
+    [thr] = doc["thresholds"]
+    assert thr["field"] == "plate_number" and thr["threshold"] is not None
+    log.write_text(log.read_text() + '{"spec": "x"}\n')
+    r = CliRunner().invoke(app, ["calibrate", "--from-log", str(log), "--json"], env=env)
+    assert r.exit_code == 2 and "log.jsonl:1201: missing" in r.output
     r = CliRunner().invoke(app, ["calibrate", "--json"], env=env)
     assert r.exit_code == 0, r.output
-    import json
-
     data = json.loads(r.stdout)
     assert data["fields"][0]["threshold"] is not None and data["report"].endswith("index.html")
     r = CliRunner().invoke(app, ["thresholds"], env=env)

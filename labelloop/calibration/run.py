@@ -16,7 +16,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from labelloop.calibration.select import ThresholdChoice, choose_threshold
+from labelloop.calibration.guarantee import drift_tripped
+from labelloop.calibration.offline import calibrate_rows, export_rows_in
+from labelloop.calibration.select import ThresholdChoice
 from labelloop.calibration.stats import lower_bound
 from labelloop.config import CalibrationSettings
 from labelloop.db import Database, FieldCorrection, Prediction, Threshold
@@ -54,6 +56,7 @@ class CalibrationResult:
     outcomes: list[FieldOutcome] = field(default_factory=list)
     new_keys_full_review: list[FieldKey] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)
+    item_level: Any = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +76,7 @@ class CalibrationResult:
                 }
                 for o in self.outcomes
             ],
+            "item_level": self.item_level,
             "new_keys_full_review": [list(k) for k in self.new_keys_full_review],
             "drift": self.drift,
         }
@@ -207,6 +211,13 @@ def calibrate(db: Database, settings: CalibrationSettings, *, raise_on_drift: bo
         for spec, fld, model, mv, ph, conf, changed, route, created in s.execute(q):
             corrections[(spec, fld, model, mv, ph)].append((conf, bool(changed), route, created))
 
+        # epoch per model key: after a drift reset only newer reviews are exchangeable with the future
+        epochs: dict[tuple[str, str], Any] = {}
+        for key, thr in current.items():
+            if thr.reason.startswith("drift"):
+                mk = (key[0], "|".join(key[2:]))
+                epochs[mk] = max(epochs.get(mk, thr.created_at), thr.created_at)
+
         # 1. drift guard on fields that are auto-accepting now
         drifted: set[FieldKey] = set()
         for key, thr in current.items():
@@ -220,8 +231,10 @@ def calibrate(db: Database, settings: CalibrationSettings, *, raise_on_drift: bo
             n, k = len(audits), sum(ch for _, ch in audits)
             if n == 0:
                 continue
-            lb = lower_bound(k, n, settings.confidence_level, settings.bound)
-            if lb > settings.target_error:
+            # anytime-valid: checked every night on the growing audit sample without inflating false
+            # alarms; the lower bound in the message is the exact one, for people to read
+            lb = lower_bound(k, n, settings.confidence_level, "clopper_pearson")
+            if drift_tripped([ch for _, ch in audits], settings.target_error, settings.confidence_level):
                 info = {
                     "spec": key[0],
                     "field": key[1],
@@ -266,42 +279,45 @@ def calibrate(db: Database, settings: CalibrationSettings, *, raise_on_drift: bo
                     )
                     result.new_keys_full_review.append(key)
 
-        # 3. threshold selection from the correction log
-        for key, rows in sorted(corrections.items()):
+        # 3. certification from the correction log, weighted by each row's recorded sampling design
+        #    (item-level by default: one threshold for every field of a model key, a statement on
+        #    records); the betting e-process is valid across nightly reruns, so no alpha is spent
+        rows = [r for r in export_rows_in(s) if _in_epoch(r, epochs)]
+        doc, certs = calibrate_rows(
+            rows,
+            target=settings.target_error,
+            level=settings.confidence_level,
+            per_field=settings.per_field,
+            min_samples=settings.min_samples,
+            method=settings.bound,
+            repeated=True,
+        )
+        result.item_level = doc["item_level"]
+        by_key = {(t["spec"], t["field"], *t["model_key"].split("|", 2)): t for t in doc["thresholds"]}
+        for key, rws in sorted(corrections.items()):
             if key in drifted:
                 continue
-            choice = choose_threshold(
-                [r[0] if r[0] is not None else 0.0 for r in rows],
-                [r[1] for r in rows],
-                target=settings.target_error,
-                min_samples=settings.min_samples,
-                level=settings.confidence_level,
-                method=settings.bound,
-            )
-            table = reliability_table([(r[0], r[1], r[2]) for r in rows])
+            t = by_key.get(key)
+            cert = certs.get((key[0], "|".join(key[2:]), key[1]) if settings.per_field else (key[0], "|".join(key[2:])))
+            thr = t["threshold"] if t else None
+            ub = t["upper_bound"] if t else None
+            n = t["n"] if t else 0
+            reason = cert.reason if cert else "no reviewed rows with a recorded sampling design: full review"
+            choice = ThresholdChoice(thr, ub, n, cert.n_errors if cert else 0, reason, [])
+            table = reliability_table([(r[0], r[1], r[2]) for r in rws])
             prev = current.get(key)
-            changed = prev is None or prev.threshold != choice.threshold or prev.n_samples != choice.n_samples
+            changed = prev is None or prev.threshold != thr or prev.n_samples != n
             version = prev.version if prev else 0
             if changed:
                 evidence = {
                     "reliability": table,
-                    "curve": _thin(choice.curve),
-                    "n_changed": choice.n_changed,
+                    "statement": "per_field" if settings.per_field else "item_level",
+                    "coverage": cert.coverage if cert else 0.0,
+                    "method": cert.method if cert else None,
                     "level": settings.confidence_level,
-                    "bound": settings.bound,
                     "min_samples": settings.min_samples,
                 }
-                version = _write(
-                    s,
-                    key,
-                    prev,
-                    choice.threshold,
-                    settings.target_error,
-                    choice.upper_bound,
-                    choice.n_samples,
-                    choice.reason,
-                    evidence,
-                )
+                version = _write(s, key, prev, thr, settings.target_error, ub, n, reason, evidence)
             result.outcomes.append(FieldOutcome(key, choice, version, changed, table))
     for info in result.drift:
         log.error(
@@ -314,6 +330,11 @@ def calibrate(db: Database, settings: CalibrationSettings, *, raise_on_drift: bo
     if result.drift and raise_on_drift:
         raise DriftDetected(result.drift)
     return result
+
+
+def _in_epoch(row: dict[str, Any], epochs: dict[tuple[str, str], Any]) -> bool:
+    start = epochs.get((row["spec"], row["model_key"]))
+    return start is None or (row["_created"] is not None and row["_created"] >= start)
 
 
 def _thin(curve: list[dict[str, float]], max_points: int = 200) -> list[dict[str, float]]:

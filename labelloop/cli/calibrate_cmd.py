@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,16 +14,70 @@ from labelloop.cli.app import Context, app, console, ensure_db, get_ctx, out
 # --------------------------------------------------------------------------- calibration
 
 
+corrections_app = typer.Typer(help="The correction log: per reviewed field, model vs reviewer.", no_args_is_help=True)
+app.add_typer(corrections_app, name="corrections")
+
+
+@corrections_app.command("export")
+def corrections_export(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="JSONL file to write, one object per reviewed field.")],
+    spec: Annotated[str | None, typer.Option(help="Only this spec.")] = None,
+) -> None:
+    """Write the correction log with each row's sampling design (route, inclusion_prob)."""
+    from labelloop.calibration.offline import export_rows, write_log
+
+    c = get_ctx(ctx)
+    ensure_db(c)
+    n = write_log(export_rows(c.db, spec), file)
+    out.print(f"{n} reviewed fields written to {file}")
+
+
 @app.command()
 def calibrate(
     ctx: typer.Context,
     report: Annotated[bool, typer.Option(help="Write the HTML/PNG report to reports/calibration/.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    from_log: Annotated[
+        Path | None, typer.Option("--from-log", help="Calibrate from an exported log; touches no database.")
+    ] = None,
+    target: Annotated[float | None, typer.Option(help="Target error (default: settings).")] = None,
+    level: Annotated[float | None, typer.Option(help="Confidence level 1 - delta (default: settings).")] = None,
+    per_field: Annotated[bool, typer.Option("--per-field", help="Hold the target per field, not per record.")] = False,
 ) -> None:
-    """Pick per-field auto-accept thresholds from the correction log (exit 3 on audit drift)."""
+    """Certify auto-accept thresholds from the correction log (exit 3 on audit drift).
+
+    By default the statement is on records: at most TARGET of auto-accepted records have any field a
+    reviewer would change, with confidence LEVEL."""
     from labelloop.calibration import DriftDetected
     from labelloop.calibration import calibrate as run_calibrate
     from labelloop.calibration.report import write_report
+
+    c = get_ctx(ctx)
+    if from_log is not None:
+        from labelloop.calibration.offline import calibrate_rows, read_log
+
+        cal = c.settings.calibration
+        try:
+            rows = read_log(from_log)
+            doc, _ = calibrate_rows(
+                rows,
+                target=target if target is not None else cal.target_error,
+                level=level if level is not None else cal.confidence_level,
+                per_field=per_field or cal.per_field,
+                min_samples=cal.min_samples,
+                method=cal.bound,
+            )
+        except (OSError, ValueError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+        if as_json:
+            out.print_json(json.dumps(doc))
+        else:
+            for t in doc["thresholds"]:
+                thr = "full review" if t["threshold"] is None else f"{t['threshold']:.4f}"
+                out.print(f"{t['spec']}.{t['field']} [{t['model_key']}]: {thr} (n={t['n']}, {t['method']})")
+        return
 
     c = get_ctx(ctx)
     ensure_db(c)
