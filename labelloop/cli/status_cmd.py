@@ -19,7 +19,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     rejects: Annotated[bool, typer.Option("--rejects", help="List rejected files with their reasons.")] = False,
 ) -> None:
-    """Counts per pipeline stage and per reject reason."""
+    """Counts per stage and spec: predictions (failures by reason), review tasks by route/state, records, rejects."""
     from labelloop.status import pipeline_status
 
     c = get_ctx(ctx)
