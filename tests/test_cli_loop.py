@@ -153,3 +153,25 @@ def test_whole_loop_with_the_cli_alone(label_studio: Any, sample_data: Path, tmp
     again = cli(env, "export", "--spec", "ocr_lines")
     assert not again["export"]["created"]  # unchanged records: no new version
     assert status(env)["dataset_versions"] == {"ocr_lines": 1}
+
+
+def test_failed_gate_exits_4_and_nothing_is_exported(
+    offline_env: dict[str, str], sample_data: Path, tmp_path: Path
+) -> None:
+    from labelloop.db import Record
+
+    env = {**offline_env, "LABELLOOP_ROUTING__DEFAULT_THRESHOLD": "0", "LABELLOOP_ROUTING__AUDIT_RATE": "0"}
+    src = _images(sample_data, tmp_path / "in")
+    # no calibrate step here: `run` would put a new model under full review (calibration's policy)
+    cli(env, "prelabel", "--spec", "ocr_lines", "--source", str(src), "--limit", "1")
+    assert cli(env, "route", "--spec", "ocr_lines")["auto"] == 1
+    assert cli(env, "export", "--spec", "ocr_lines")["export"]["created"]
+    db = Database(DatabaseSettings(url=env["LABELLOOP_DB__URL"]))
+    with db.transaction() as s:  # a record no schema allows: the text of a line is far too long
+        rec = s.query(Record).one()
+        rec.record = {"lines": [{"bbox": [1, 2, 30, 40], "text": "x" * 5000}]}
+    bad = cli(env, "validate", "--spec", "ocr_lines", "--max-failed-share", "0", code=4)
+    assert bad["passed_gate"] is False and bad["n_failed"] == 1 and "quality gate failed" in bad["error"]
+    again = cli(env, "export", "--spec", "ocr_lines", code=4)  # export validates first, and stops at the gate
+    assert again["passed_gate"] is False and "export" not in again
+    assert status(env)["dataset_versions"] == {"ocr_lines": 1}  # nothing new was published

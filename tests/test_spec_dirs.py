@@ -118,3 +118,14 @@ def test_spec_check_names_each_problem(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     report = json.loads(_cli("spec", "check", str(path), "--json", code=1))
     assert any("label config does not parse" in p for p in report["problems"]), report
+
+
+def test_dag_params_offer_user_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DAGs' spec choices (Param enums) come from the same registry, user folders included."""
+    import importlib
+
+    folder = _user_spec(tmp_path / "team")
+    monkeypatch.setenv("LABELLOOP_SPECS__DIRS", str(folder))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "dags"))
+    common = importlib.import_module("_common")
+    assert {"shelf_caption", "ocr_lines"} <= set(common.spec_names())

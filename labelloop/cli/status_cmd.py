@@ -21,7 +21,7 @@ def status(
         bool, typer.Option("--rejects", help="List rejected files and rejected annotations with their reasons.")
     ] = False,
 ) -> None:
-    """Counts per pipeline stage and per reject reason."""
+    """Counts per stage and spec: predictions (failures by reason), review tasks by route/state, records, rejects."""
     from labelloop.status import pipeline_status
 
     c = get_ctx(ctx)
