@@ -57,6 +57,7 @@ from labelloop.documents.record import Block
 from labelloop.documents.render import DocumentError
 from labelloop.prelabel.base import PredictionResult
 from labelloop.prelabel.documents.common import DocumentBackend, build_result, close
+from labelloop.prelabel.documents.mineru_cloud import MinerUCloudClient, MinerUCloudError
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore
 
@@ -268,7 +269,7 @@ class MinerUBackend(DocumentBackend):
         t0 = loop.time()
         try:
             res = await self._predict(item, data)
-        except (DocumentError, MinerURunError, MinerUOutputError, office.OfficeError) as e:
+        except (DocumentError, MinerURunError, MinerUOutputError, office.OfficeError, MinerUCloudError) as e:
             res = PredictionResult.failed(str(e))
         except httpx.HTTPError as e:
             res = PredictionResult.failed(f"mineru-api error: {type(e).__name__}: {e}")
@@ -373,8 +374,6 @@ class MinerUBackend(DocumentBackend):
             return await self._run_cli(name, data, tier, ranges)
         if mode == "http":
             return await self._run_http(name, data, tier, ranges or "")
-        from labelloop.prelabel.documents.mineru_cloud import MinerUCloudClient
-
         client = MinerUCloudClient(self.settings.mineru, retry_wait_s=self.retry_wait_s)
         return await client.parse(name, data, page_ranges=ranges or "", pages=n_pages)
 
@@ -500,5 +499,3 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(proc.wait(), 10)
-
-
