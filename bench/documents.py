@@ -123,7 +123,7 @@ def engines(pdfs: list[Path]) -> dict[str, object]:
         sys.path.insert(0, str(REPO / "tests"))
         from test_office import make_docx, make_pptx
 
-        office = [make_docx(work / "o.docx"), make_pptx(work / "o.pptx")]
+        office = [make_docx(work / "report.docx"), make_pptx(work / "deck.pptx")]
         o_s, o_mb = child(
             [str(kit), "parse", *map(str, office), "-o", str(work / "o"), "--tier", "flash", "-f", "middle_json"], work
         )
