@@ -1,6 +1,12 @@
 """Pages per second of the CPU document backend, text-layer and scanned pages separately.
 
-Usage: ``.venv/bin/python bench/documents.py [--data DIR] [--repeat N]``
+Usage: ``.venv/bin/python bench/documents.py [--data DIR] [--repeat N] [--engines-only]``
+
+Then MinerU 4.x flash against the pymupdf layout backend on the same text-layer PDFs, each engine in a
+child process of its own (``mineru-kit parse --tier flash -f middle_json`` from .venv-mineru; the
+pymupdf analyzer), so pages/s and peak RSS (``wait4`` of the child) are on equal footing; office
+documents (a DOCX and a PPTX made here) are reported separately for MinerU, which parses them
+natively. The run ends with one JSON line.
 
 Each PDF goes through ``PyMuPDFLayoutBackend.predict`` end to end (checks, page images rendered
 and stored at the render DPI, layout analysis or OCR, record validation) into a fresh temporary
@@ -16,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,15 +84,81 @@ def baseline_seconds(data: bytes, scanned: bool, settings: Settings) -> float:
     return time.perf_counter() - t0
 
 
+REPO = Path(__file__).resolve().parents[1]
+_PYMUPDF_CHILD = """
+import sys, pymupdf
+from labelloop.config import DocumentSettings
+from labelloop.documents.pymupdf_layout import PyMuPDFLayoutAnalyzer
+from labelloop.documents.render import page_geometry
+a = PyMuPDFLayoutAnalyzer(DocumentSettings())
+for path in sys.argv[1:]:
+    d = pymupdf.open(path)
+    a.analyze(d, [page_geometry(d[i], 144, "0" * 64) for i in range(len(d))])
+"""
+
+
+def child(argv: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv[0]} failed: {proc.stderr.read().decode()[-1000:] if proc.stderr else ''}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def engines(pdfs: list[Path]) -> dict[str, object]:
+    kit = REPO / ".venv-mineru" / "bin" / "mineru-kit"
+    if not kit.exists():
+        subprocess.run([str(REPO / "scripts" / "ensure-mineru.sh")], check=True)
+    text = [p for p in pdfs if all(len(pg.get_text().strip()) >= 16 for pg in pymupdf.open(p))]
+    pages = sum(len(pymupdf.open(p)) for p in text)
+    with tempfile.TemporaryDirectory(prefix="labelloop-bench-engines-") as tmp:
+        work = Path(tmp)
+        m_s, m_mb = child(
+            [str(kit), "parse", *map(str, text), "-o", str(work / "m"), "--tier", "flash", "-f", "middle_json"], work
+        )
+        p_s, p_mb = child([sys.executable, "-c", _PYMUPDF_CHILD, *map(str, text)], work)
+        sys.path.insert(0, str(REPO / "tests"))
+        from test_office import make_docx, make_pptx
+
+        office = [make_docx(work / "report.docx"), make_pptx(work / "deck.pptx")]
+        o_s, o_mb = child(
+            [str(kit), "parse", *map(str, office), "-o", str(work / "o"), "--tier", "flash", "-f", "middle_json"], work
+        )
+    print(f"text-layer: {len(text)} PDFs, {pages} pages")
+    print(f"  mineru flash  {pages / m_s:6.3f} pages/s  peak {m_mb:6.0f} MB  (process start included)")
+    print(f"  pymupdf       {pages / p_s:6.3f} pages/s  peak {p_mb:6.0f} MB  (model load included)")
+    print(f"office (mineru flash, native): 2 documents in {o_s:.1f} s, peak {o_mb:.0f} MB")
+    return {
+        "bench": "documents",
+        "text_pages": pages,
+        "mineru_flash_pages_per_s": round(pages / m_s, 3),
+        "mineru_flash_peak_rss_mb": round(m_mb),
+        "pymupdf_pages_per_s": round(pages / p_s, 3),
+        "pymupdf_peak_rss_mb": round(p_mb),
+        "mineru_vs_pymupdf_speed": round(p_s / m_s, 3),
+        "mineru_vs_pymupdf_rss": round(m_mb / p_mb, 3),
+        "office_docs": 2,
+        "office_seconds": round(o_s, 2),
+        "office_peak_rss_mb": round(o_mb),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of PDFs")
     ap.add_argument("--repeat", type=int, default=1, help="runs per document (best is kept)")
+    ap.add_argument("--engines-only", action="store_true", help="only the MinerU vs pymupdf comparison")
     args = ap.parse_args(argv)
     pdfs = sorted(args.data.glob("*.pdf"))
     if not pdfs:
         print(f"no PDFs in {args.data}", file=sys.stderr)
         return 1
+    if args.engines_only:
+        print(json.dumps(engines(pdfs)))
+        return 0
     spec = SpecRegistry().get("document_layout")
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # pages, seconds, baseline seconds
     print(f"{'document':<28}{'pages':>6}{'mode':>12}{'seconds':>10}{'pages/s':>10}{'baseline p/s':>14}")
@@ -121,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{mode:<11} {int(pages):>3} pages  {pages / secs:6.2f} pages/s  "
             f"(baseline {pages / base:7.1f} pages/s; the backend takes {secs / base:,.0f}x the baseline time)"
         )
+    print(json.dumps(engines(pdfs)))
     return 0
 
 

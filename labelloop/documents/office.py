@@ -92,7 +92,8 @@ def _version(exe: str) -> str:
 
 
 def apply_native_tables(blocks: list[list[Block]], native: MinerUOutput) -> dict[str, Any]:
-    """Replace the rendered PDF's table contents by MinerU's native office tables, in order."""
+    """Replace the rendered PDF's table contents by MinerU's native office tables, in order, and
+    type as titles the text blocks whose text is a heading in the native parse."""
     if native.docvortex is None:
         return {"tables": 0, "replaced": 0, "reason": "native parse is not DocVortex"}
     native_tables = [b.content for b in docvortex.native_blocks(native.docvortex) if b.type == "table"]
@@ -109,7 +110,19 @@ def apply_native_tables(blocks: list[list[Block]], native: MinerUOutput) -> dict
             blocks[p][i] = blocks[p][i].model_copy(update={"content": native_tables[k]})
             replaced += 1
         decisions.append({"page": p, "block": i, "replaced": ok, "text_similarity": round(sim, 4)})
+    # headings: the document's own styles say what is a title; a layout guess on the rendering may not
+    native_titles = {
+        agreement.normalise(b.content) for b in docvortex.native_blocks(native.docvortex) if b.type == "title"
+    }
+    retitled = 0
+    for page in blocks:
+        for i, b in enumerate(page):
+            if b.type in ("text", "discarded") and b.content and agreement.normalise(b.content) in native_titles:
+                page[i] = b.model_copy(update={"type": "title"})
+                retitled += 1
     return {
+        "native_titles": len(native_titles),
+        "retitled": retitled,
         "native_tables": len(native_tables),
         "pdf_tables": len(pdf_tables),
         "replaced": replaced,

@@ -86,8 +86,14 @@ def probe_file(path: Path, settings: IngestSettings) -> Probe:
     with path.open("rb") as f:
         head = f.read(8192)
     kind = sniff(head)
+    if settings.office and (kind is None or (kind[0] not in IMAGE_TYPES and kind[0] != PDF_MIME)):
+        from labelloop.ingest.office_probe import probe_office
+
+        office = probe_office(path, head, settings)
+        if office is not None:
+            return office
     if kind is None:
-        raise Rejected(RejectReason.UNSUPPORTED, "content is not a recognised image, PDF or video")
+        raise Rejected(RejectReason.UNSUPPORTED, "content is not a recognised image, PDF, video or office document")
     mime, _ext = kind
     if mime == PDF_MIME:
         return _probe_pdf(path, settings)

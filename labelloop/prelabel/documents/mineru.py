@@ -57,6 +57,7 @@ from labelloop.documents.record import Block
 from labelloop.documents.render import DocumentError
 from labelloop.prelabel.base import PredictionResult
 from labelloop.prelabel.documents.common import DocumentBackend, build_result, close
+from labelloop.prelabel.documents.mineru_cloud import MinerUCloudClient, MinerUCloudError
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore
 
@@ -91,14 +92,25 @@ def build_argv(
     output_dir: Path,
     *,
     tier: str = "flash",
-    pages: str = "all",
+    pages: str | None = None,
     venv: Path | None = None,
 ) -> list[str]:
     """The command as an argv list; placeholders are substituted per token, so paths with blanks
-    stay one argument and nothing is interpreted by a shell."""
-    subs = {"{input}": str(input_path), "{output}": str(output_dir), "{tier}": tier, "{pages}": pages}
+    stay one argument and nothing is interpreted by a shell. ``pages=None`` (the whole document)
+    drops the ``{pages}`` token and its flag: mineru-kit refuses a page range for office files."""
+    subs = {"{input}": str(input_path), "{output}": str(output_dir), "{tier}": tier, "{pages}": pages or ""}
+    tokens = shlex.split(template)
+    if pages is None:
+        keep: list[str] = []
+        for tok in tokens:
+            if "{pages}" in tok:
+                if keep and keep[-1].startswith("-"):
+                    keep.pop()
+                continue
+            keep.append(tok)
+        tokens = keep
     argv = []
-    for tok in shlex.split(template):
+    for tok in tokens:
         for k, v in subs.items():
             tok = tok.replace(k, v)
         argv.append(tok)
@@ -257,7 +269,7 @@ class MinerUBackend(DocumentBackend):
         t0 = loop.time()
         try:
             res = await self._predict(item, data)
-        except (DocumentError, MinerURunError, MinerUOutputError, office.OfficeError) as e:
+        except (DocumentError, MinerURunError, MinerUOutputError, office.OfficeError, MinerUCloudError) as e:
             res = PredictionResult.failed(str(e))
         except httpx.HTTPError as e:
             res = PredictionResult.failed(f"mineru-api error: {type(e).__name__}: {e}")
@@ -356,20 +368,18 @@ class MinerUBackend(DocumentBackend):
     async def _run(self, name: str, data: bytes, tier: str, pages: list[int], n_pages: int) -> MinerUOutput:
         """One MinerU run on ``pages`` (0-based; [] or all pages: the whole document)."""
         whole = not pages or len(pages) == n_pages
-        ranges = "all" if whole else page_ranges(pages)
+        ranges = None if whole else page_ranges(pages)
         mode = self.settings.mineru.mode
         if mode == "cli":
             return await self._run_cli(name, data, tier, ranges)
         if mode == "http":
-            return await self._run_http(name, data, tier, "" if whole else ranges)
-        from labelloop.prelabel.documents.mineru_cloud import MinerUCloudClient
-
+            return await self._run_http(name, data, tier, ranges or "")
         client = MinerUCloudClient(self.settings.mineru, retry_wait_s=self.retry_wait_s)
-        return await client.parse(name, data, page_ranges="" if whole else ranges, pages=n_pages)
+        return await client.parse(name, data, page_ranges=ranges or "", pages=n_pages)
 
     # ------------------------------------------------------------------ CLI
 
-    async def _run_cli(self, name: str, data: bytes, tier: str, pages: str) -> MinerUOutput:
+    async def _run_cli(self, name: str, data: bytes, tier: str, pages: str | None) -> MinerUOutput:
         cfg = self.settings.mineru
         with tempfile.TemporaryDirectory(prefix="labelloop-mineru-") as tmp:
             stem = name.rsplit(".", 1)[0]
@@ -489,5 +499,3 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(proc.wait(), 10)
-
-

@@ -1,0 +1,145 @@
+"""Office documents: ingest probe (type from the container, zip-bomb and page checks), then the real
+pipeline on a DOCX and a PPTX built here: LibreOffice renders them to PDF (page images, geometry),
+real MinerU 4.x flash parses the rendering and the office file natively, and the native tables
+(colspan kept) replace the rendering's where their texts agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import zipfile
+from pathlib import Path
+
+import docx
+import pptx
+import pytest
+from pptx.util import Inches
+
+from labelloop.config import IngestSettings, MinerUSettings, Settings
+from labelloop.db.models import Item
+from labelloop.documents.office import soffice
+from labelloop.documents.record import DocumentRecord
+from labelloop.documents.render import png_size
+from labelloop.ingest.probe import Rejected, probe_file
+from labelloop.prelabel.documents.mineru import MinerUBackend
+from labelloop.specs import SpecRegistry
+from labelloop.storage import LocalStore
+
+pytest_plugins = ["fixtures_mineru"]
+
+
+def make_docx(path: Path) -> Path:
+    d = docx.Document()
+    d.add_heading("Quarterly Fleet Report", 0)
+    d.add_paragraph("The fleet grew by twelve vehicles in the third quarter. Fuel costs fell slightly.")
+    t = d.add_table(rows=3, cols=3)
+    t.style = "Table Grid"
+    t.cell(0, 0).merge(t.cell(0, 1)).text = "Vehicle type"
+    t.cell(0, 2).text = "Count"
+    for i, row in enumerate([("Vans", "Diesel", "14"), ("Cars", "Petrol", "30")], 1):
+        for j, v in enumerate(row):
+            t.cell(i, j).text = v
+    d.add_page_break()
+    d.add_heading("Outlook", level=1)
+    d.add_paragraph("Next quarter we expect further growth in electric vehicles across all depots.")
+    d.save(path)
+    return path
+
+
+def make_pptx(path: Path) -> Path:
+    p = pptx.Presentation()
+    s = p.slides.add_slide(p.slide_layouts[1])
+    s.shapes.title.text = "Fleet Overview"
+    s.placeholders[1].text = "Twelve new vehicles this quarter\nLower fuel costs per kilometre"
+    s = p.slides.add_slide(p.slide_layouts[5])
+    s.shapes.title.text = "Counts by type"
+    tbl = s.shapes.add_table(3, 2, Inches(1), Inches(2), Inches(6), Inches(1.5)).table
+    for r, (a, b) in enumerate([("Type", "Count"), ("Vans", "14"), ("Cars", "30")]):
+        tbl.cell(r, 0).text, tbl.cell(r, 1).text = a, b
+    p.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def test_probe_office_types_from_the_container(tmp_path: Path) -> None:
+    limits = IngestSettings()
+    d = probe_file(make_docx(tmp_path / "report.bin"), limits)  # the name says nothing
+    assert (d.media_type, d.ext) == ("document", "docx")
+    p = probe_file(make_pptx(tmp_path / "deck.pptx"), limits)
+    assert (p.ext, p.page_count) == ("pptx", 2)
+    html = tmp_path / "page.txt"
+    html.write_text("<!DOCTYPE html><html><body><h1>Hi</h1></body></html>")
+    assert probe_file(html, limits).ext == "html"
+    with pytest.raises(Rejected, match="pdf_too_many_pages"):
+        probe_file(tmp_path / "deck.pptx", IngestSettings(max_pdf_pages=1))
+    with pytest.raises(Rejected, match="unsupported"):
+        probe_file(tmp_path / "deck.pptx", IngestSettings(office=False))
+
+
+def test_probe_rejects_zip_bombs_and_unsafe_paths(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", b"\0" * 50_000_000)  # ~1000x compression
+    with pytest.raises(Rejected, match=r"zip bomb: 'word/document\.xml' expands"):
+        probe_file(bomb, IngestSettings())
+    with pytest.raises(Rejected, match="zip bomb: expands to"):
+        probe_file(bomb, IngestSettings(max_office_uncompressed_bytes=1_000_000, max_office_ratio=1e6))
+    evil = tmp_path / "evil.docx"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("../../etc/passwd", "x")
+    with pytest.raises(Rejected, match="unsafe path"):
+        probe_file(evil, IngestSettings())
+
+
+# --------------------------------------------------------------------------- real pipeline
+
+
+@pytest.fixture(scope="module")
+def office_backend(
+    tmp_path_factory: pytest.TempPathFactory, mineru_venv: Path, mineru_home: Path
+) -> tuple[MinerUBackend, LocalStore]:
+    if soffice() is None:
+        pytest.fail("LibreOffice is not installed: run scripts/ensure-libreoffice.sh (scripts/test.sh does)")
+    home = tmp_path_factory.mktemp("office")
+    settings = Settings(
+        home=home,
+        storage={"root": home / "objects"},
+        mineru=MinerUSettings(venv=mineru_venv, home=mineru_home, timeout_s=600),
+    )
+    store = LocalStore(settings.storage.root)
+    return MinerUBackend(settings, store), store
+
+
+@pytest.mark.parametrize("kind", ["docx", "pptx"])
+def test_office_document_through_libreoffice_and_mineru(
+    kind: str, tmp_path: Path, office_backend: tuple[MinerUBackend, LocalStore]
+) -> None:
+    b, store = office_backend
+    path = (make_docx if kind == "docx" else make_pptx)(tmp_path / f"doc.{kind}")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    item = Item(id=1, sha256=sha, media_type="document", mime="x", ext=kind, size_bytes=len(data), storage_key="k")
+    res = asyncio.run(b.predict(item, data, SpecRegistry().get("document_layout")))
+    assert res.status == "ok", res.error
+    rec = DocumentRecord.model_validate(res.record)
+    assert len(rec.pages) == 2  # the page break / two slides
+    for p in rec.pages:
+        assert png_size(store.get(p.image_key)) == (p.width_px, p.height_px)
+    d = res.confidence_detail
+    assert d["office"]["renderer"] == "libreoffice" and d["office"]["source_ext"] == kind
+    assert all(p["engine"] == "mineru" and p["tier"] == "flash" for p in d["pages"])
+    titles = [bl.content for p in rec.pages for bl in p.blocks if bl.type == "title"]
+    tables = [bl for p in rec.pages for bl in p.blocks if bl.type == "table"]
+    assert tables and all(t.content.startswith("<table") for t in tables)
+    native = d["office"]["native"]
+    assert native["native_tables"] == 1 and native["replaced"] == 1
+    if kind == "docx":
+        assert "Quarterly Fleet Report" in titles
+        assert 'colspan="2"' in tables[0].content and "Vehicle type" in tables[0].content
+    else:
+        assert "Fleet Overview" in titles and "Vans" in tables[0].content
