@@ -128,6 +128,8 @@ class RunResult:
     tries: list[dict[str, Any]]
     killed: str | None = None
     killed_tis: list[int] = field(default_factory=list)
+    #: this workload's predictions in the curation DB when the worker was killed
+    done_at_kill: int = 0
 
     def prelabel_tries(self) -> list[dict[str, Any]]:
         return [t for t in self.tries if t["task_id"] == "prelabel"]
@@ -164,6 +166,7 @@ def run_prelabel(
         DAG_ID, {"source": str(workload.folder), "spec": SPEC, "backend": "vllm", "batch_size": batch_size}
     )
     killed_tis: list[int] = []
+    done = 0
     if kill is not None:
         assert db is not None
         deadline = time.monotonic() + timeout
@@ -185,7 +188,7 @@ def run_prelabel(
             time.sleep(0.3)
     state = cluster.wait_run(DAG_ID, run_id, timeout=timeout)
     wall = time.monotonic() - t0
-    return RunResult(run_id, state, wall, cluster.tries(DAG_ID, run_id), kill, killed_tis)
+    return RunResult(run_id, state, wall, cluster.tries(DAG_ID, run_id), kill, killed_tis, done)
 
 
 def _count_predictions(db: Database, shas: list[str]) -> int:
