@@ -114,3 +114,13 @@ def test_the_test_server_rejects_frames_of_different_sizes(vllm_server: VLLMTest
     }
     r = httpx.post(f"{vllm_server.base_url}/chat/completions", json=body, timeout=10)
     assert r.status_code == 400 and "differ in size" in r.text
+
+
+def test_backend_choice_for_video_specs() -> None:
+    from labelloop.prelabel.plan import resolve_backend_name
+
+    assert resolve_backend_name(REG.get("video_qa"), "vllm") == "vllm"
+    with pytest.raises(ValueError, match="no offline CPU backend for video"):
+        resolve_backend_name(REG.get("video_caption"), "cpu")
+    with pytest.raises(ValueError, match="not a video backend"):
+        resolve_backend_name(REG.get("video_caption"), "rapidocr")

@@ -17,12 +17,16 @@ from labelloop.storage import ObjectStore
 
 IMAGE_BACKENDS = ("vllm", "rapidocr")
 DOCUMENT_BACKENDS = ("pymupdf", "mineru")
+VIDEO_BACKENDS = ("vllm",)
+_ALLOWED = {"image": IMAGE_BACKENDS, "document": DOCUMENT_BACKENDS, "video": VIDEO_BACKENDS}
 
 
 def resolve_backend_name(spec: TaskSpec, backend: str) -> str:
     """'cpu' means the offline backend for the spec's media; others must suit the media."""
+    if backend == "cpu" and spec.media not in CPU_DEFAULTS:
+        raise ValueError(f"there is no offline CPU backend for {spec.media} (spec {spec.name} needs one of: vllm)")
     name = CPU_DEFAULTS[spec.media] if backend == "cpu" else backend
-    allowed = IMAGE_BACKENDS if spec.media == "image" else DOCUMENT_BACKENDS
+    allowed = _ALLOWED[spec.media]
     if name not in allowed:
         article = "an" if spec.media == "image" else "a"
         raise ValueError(
