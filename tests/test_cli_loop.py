@@ -160,7 +160,12 @@ def test_failed_gate_exits_4_and_nothing_is_exported(
 ) -> None:
     from labelloop.db import Record
 
-    env = {**offline_env, "LABELLOOP_ROUTING__DEFAULT_THRESHOLD": "0", "LABELLOOP_ROUTING__AUDIT_RATE": "0"}
+    env = {
+        **offline_env,
+        "LABELLOOP_ROUTING__DEFAULT_THRESHOLD": "0",
+        "LABELLOOP_ROUTING__AUDIT_RATE": "0",
+        "LABELLOOP_ROUTING__USE_MANUAL_THRESHOLDS": "true",
+    }
     src = _images(sample_data, tmp_path / "in")
     # no calibrate step here: `run` would put a new model under full review (calibration's policy)
     cli(env, "prelabel", "--spec", "ocr_lines", "--source", str(src), "--limit", "1")

@@ -178,7 +178,7 @@ def test_vlm_and_plate_backend_together(
     assert fd["candidates"]["plate"]["value"] == disagree_sc.plate
 
     # routing: the agreeing item's weakest field is the VLM's plate (0.9 alone) raised past 0.9
-    routing = RoutingSettings(default_threshold=0.9, audit_rate=0.0)
+    routing = RoutingSettings(default_threshold=0.9, audit_rate=0.0, use_manual_thresholds=True)
     route_predictions(sqlite_db, routing, SPEC)
     with sqlite_db.session() as s:
         tasks = {t.item_id: t for t in s.scalars(select(ReviewTask))}

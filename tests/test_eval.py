@@ -113,8 +113,8 @@ def db(tmp_path: Path) -> Database:
 
 def test_evaluate_and_compare(db: Database) -> None:
     _make_reviewed_set(db)
-    old = evaluate(db, SPEC, "old", routing=RoutingSettings(default_threshold=0.9))
-    new = evaluate(db, SPEC, "new", "new-1", RoutingSettings(default_threshold=0.9))
+    old = evaluate(db, SPEC, "old", routing=RoutingSettings(default_threshold=0.9, use_manual_thresholds=True))
+    new = evaluate(db, SPEC, "new", "new-1", RoutingSettings(default_threshold=0.9, use_manual_thresholds=True))
     reviewed = [i for i in range(N) if i % 10 != 9]
     assert old.n_items == new.n_items == len(reviewed)
     # recount from the data itself: what was right among the reviewed items
