@@ -187,7 +187,14 @@ def test_vlm_and_plate_backend_together(
     assert rt.route == ROUTE_REVIEW and "plate_number 0.000" in rt.reason
 
     # what the annotator sees: the VLM's plate pre-filled, the plate reader's as a hint
-    task, _ = build_task(SPEC, rt, pd, items["disagree.jpg"], _Media())  # type: ignore[arg-type]
+    from sqlalchemy.orm import selectinload
+
+    from labelloop.db import Item
+
+    with sqlite_db.session() as s:  # as the importer loads it: with its aliases (the file name)
+        item = s.get(Item, items["disagree.jpg"].id, options=[selectinload(Item.aliases)])
+    task, _ = build_task(SPEC, rt, pd, item, _Media())  # type: ignore[arg-type]
+    assert task["data"]["file_name"] == "disagree.jpg"
     texts = {r["from_name"]: r["value"] for r in task["predictions"][0]["result"] if r["type"] == "textarea"}
     assert texts["plate_number"]["text"] == [wrong_plate]
     assert f"plate says {disagree_sc.plate!r}" in task["data"]["hints"]
