@@ -91,6 +91,23 @@ def _errors(check: _SchemaCheck, record: Any) -> list[str]:
     return out
 
 
+def parse_answer(check: _SchemaCheck, content: str | None, finish_reason: str | None) -> tuple[Any, str | None]:
+    """The model's answer as JSON, or the reason it is not one (truncated, empty, invalid JSON,
+    schema violation): the checks every vLLM answer goes through, images and videos alike."""
+    if finish_reason == "length":
+        return None, "truncated: finish_reason=length (max_tokens reached)"
+    if content is None:
+        return None, f"empty answer (finish_reason={finish_reason})"
+    try:
+        parsed = json.loads(content)
+    except ValueError as e:
+        return None, f"invalid JSON: {e}"
+    errors = _errors(check, parsed)
+    if errors:
+        return None, "schema violation: " + "; ".join(errors[:5])
+    return parsed, None
+
+
 def map_boxes(record: dict[str, Any], spec: TaskSpec, plan: ResizePlan, mode: CoordinateMode) -> dict[str, Any]:
     """The record with every box of the spec's fields converted from model to original pixels."""
     out = dict(record)
@@ -301,23 +318,9 @@ class VLLMBackend(Backend):
                 "orig_height": plan.orig_height,
             },
         }
-        if finish_reason == "length":
-            return PredictionResult.failed(
-                "truncated: finish_reason=length (max_tokens reached)", confidence_detail=meta, **common
-            )
-        if content is None:
-            return PredictionResult.failed(
-                f"empty answer (finish_reason={finish_reason})", confidence_detail=meta, **common
-            )
-        try:
-            parsed = json.loads(content)
-        except ValueError as e:
-            return PredictionResult.failed(f"invalid JSON: {e}", confidence_detail=meta, **common)
-        errors = _errors(self._validator_for(spec), parsed)
-        if errors:
-            return PredictionResult.failed(
-                "schema violation: " + "; ".join(errors[:5]), confidence_detail=meta, **common
-            )
+        parsed, why = parse_answer(self._validator_for(spec), content, finish_reason)
+        if why is not None:
+            return PredictionResult.failed(why, confidence_detail=meta, **common)
         try:
             record = map_boxes(parsed, spec, plan, self.cfg.coordinate_mode)
         except (TypeError, ValueError) as e:

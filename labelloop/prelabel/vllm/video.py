@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -149,7 +148,7 @@ def _sample(backend: VLLMBackend, item: Item, plan: Any, params: SamplingParams,
 def interpret(
     backend: VLLMBackend, spec: TaskSpec, video: SampledVideo, duration: float, family: str, res: ChatResult, t0: float
 ) -> PredictionResult:
-    from labelloop.prelabel.vllm.backend import _errors
+    from labelloop.prelabel.vllm.backend import parse_answer
 
     content = res.content
     plan = video.plan
@@ -171,21 +170,9 @@ def interpret(
             "duration_s": duration,
         },
     }
-    if res.finish_reason == "length":
-        return PredictionResult.failed(
-            "truncated: finish_reason=length (max_tokens reached)", confidence_detail=meta, **common
-        )
-    if content is None:
-        return PredictionResult.failed(
-            f"empty answer (finish_reason={res.finish_reason})", confidence_detail=meta, **common
-        )
-    try:
-        record = json.loads(content)
-    except ValueError as e:
-        return PredictionResult.failed(f"invalid JSON: {e}", confidence_detail=meta, **common)
-    errors = _errors(backend._validator_for(spec), record)
-    if errors:
-        return PredictionResult.failed("schema violation: " + "; ".join(errors[:5]), confidence_detail=meta, **common)
+    record, why = parse_answer(backend._validator_for(spec), content, res.finish_reason)
+    if why is not None:
+        return PredictionResult.failed(why, confidence_detail=meta, **common)
     slack = 1.0 / plan.sample_fps if plan.sample_fps > 0 else 0.0
     errors = time_errors(record, spec, duration, slack)
     if errors:
