@@ -171,7 +171,7 @@ def main() -> int:
         if not args.no_kill:
             wl = make_images(work / "in-kill", args.items, seed=13, low_every=10)
             teach(vllm_url, wl)
-            r = run_prelabel(cluster, wl, batch_size=batch, db=db, kill="worker1")
+            r = run_prelabel(cluster, wl, batch_size=batch, db=db, kill="worker1", vllm_url=vllm_url)
             c = counts(db, wl, client)
             duplicates, lost = c.duplicates, c.lost + (args.items - c.ok_predictions)
             say(

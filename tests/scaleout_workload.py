@@ -156,11 +156,17 @@ def run_prelabel(
     batch_size: int,
     db: Database | None = None,
     kill: str | None = None,
+    vllm_url: str | None = None,
     timeout: float = 900,
 ) -> RunResult:
-    """Trigger ``labelloop_prelabel`` over REST and wait for it. With ``kill`` (a worker name), that
-    worker is ``kill -9``-ed once it runs pre-label batches and some of its items are done
-    (predictions in ``db``), i.e. in the middle of its batches."""
+    """Trigger ``labelloop_prelabel`` over REST and wait for it.
+
+    With ``kill`` (a worker name), that worker is ``kill -9``-ed in the middle of one of its
+    pre-label batches: some of that batch's predictions stored in ``db``, not all. Polling alone
+    cannot promise to see that moment (a batch lasts seconds, one look over REST takes a good part
+    of one), so the look happens with the model server's gate closed (``vllm_url``): no new answer
+    starts, the counts hold still while they are read, and the gate reopens after the kill or
+    after a look that found no batch half done."""
     t0 = time.monotonic()
     run_id = cluster.trigger(
         DAG_ID, {"source": str(workload.folder), "spec": SPEC, "backend": "vllm", "batch_size": batch_size}
@@ -168,39 +174,55 @@ def run_prelabel(
     killed_tis: list[int] = []
     done = 0
     if kill is not None:
-        assert db is not None
+        assert db is not None and vllm_url is not None
         deadline = time.monotonic() + timeout
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{kill} never ran a pre-label batch of {run_id}")
-            running = [
-                t
-                for t in cluster.task_instances(DAG_ID, run_id)
-                if t["task_id"] == "prelabel" and t["state"] == "running" and t.get("hostname") == kill
-            ]
-            done = _count_predictions(db, workload.shas)
-            if running and 0 < done < len(workload.shas) // 2:
-                killed_tis = sorted(t["map_index"] for t in running)
-                cluster.kill_worker(kill)
-                break
-            if cluster.dag_run(DAG_ID, run_id)["state"] in ("success", "failed"):
-                raise AssertionError(f"{run_id} finished before {kill} could be killed mid-batch")
-            time.sleep(0.3)
+        batches: list[list[int]] | None = None
+        with httpx.Client(base_url=vllm_url, timeout=30) as model:
+            while not killed_tis:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{kill} never ran a pre-label batch of {run_id} long enough to be killed")
+                if cluster.dag_run(DAG_ID, run_id)["state"] in ("success", "failed"):
+                    raise AssertionError(f"{run_id} finished before {kill} could be killed mid-batch")
+                if not _running_on(cluster, run_id, kill):
+                    time.sleep(0.3)
+                    continue
+                if batches is None:
+                    batches = [b["item_ids"] for b in cluster.xcom(DAG_ID, run_id, "plan_batches")]
+                model.post("/control/gate", json={"closed": True}).raise_for_status()
+                try:
+                    time.sleep(1.0)  # answers already in a slot finish and their chunk is written
+                    running = _running_on(cluster, run_id, kill)
+                    half_done = [
+                        t["map_index"]
+                        for t in running
+                        if 0 < _count_predictions(db, item_ids=batches[t["map_index"]]) < len(batches[t["map_index"]])
+                    ]
+                    if half_done:
+                        done = _count_predictions(db, shas=workload.shas)
+                        killed_tis = sorted(t["map_index"] for t in running)
+                        cluster.kill_worker(kill)
+                finally:
+                    model.post("/control/gate", json={"closed": False}).raise_for_status()
+                if not killed_tis:
+                    time.sleep(0.5)  # let the batches move on before the next look
     state = cluster.wait_run(DAG_ID, run_id, timeout=timeout)
     wall = time.monotonic() - t0
     return RunResult(run_id, state, wall, cluster.tries(DAG_ID, run_id), kill, killed_tis, done)
 
 
-def _count_predictions(db: Database, shas: list[str]) -> int:
+def _running_on(cluster: Any, run_id: str, worker: str) -> list[dict[str, Any]]:
+    return [
+        t
+        for t in cluster.task_instances(DAG_ID, run_id)
+        if t["task_id"] == "prelabel" and t["state"] == "running" and t.get("hostname") == worker
+    ]
+
+
+def _count_predictions(db: Database, *, shas: list[str] | None = None, item_ids: list[int] | None = None) -> int:
+    q = select(func.count(Prediction.id)).join(Item, Item.id == Prediction.item_id).where(Prediction.spec == SPEC)
+    q = q.where(Item.sha256.in_(shas)) if shas is not None else q.where(Item.id.in_(item_ids or []))
     with db.session() as s:
-        return int(
-            s.scalar(
-                select(func.count(Prediction.id))
-                .join(Item, Item.id == Prediction.item_id)
-                .where(Item.sha256.in_(shas), Prediction.spec == SPEC)
-            )
-            or 0
-        )
+        return int(s.scalar(q) or 0)
 
 
 @dataclass

@@ -36,7 +36,9 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(scaleout: Any, tmp
     workload = make_images(tmp_path / "in", N_IMAGES, seed=2)
     teach(scaleout.vllm.url, workload)
 
-    result = run_prelabel(cluster, workload, batch_size=BATCH, db=scaleout.db, kill="worker1")
+    result = run_prelabel(
+        cluster, workload, batch_size=BATCH, db=scaleout.db, kill="worker1", vllm_url=scaleout.vllm.url
+    )
     print(f"run {result.run_id}: {result.state} in {result.wall_s:.0f}s, killed worker1 running {result.killed_tis}")
     assert result.state == "success", [
         (t["task_id"], t["map_index"], t["try_number"], t["state"]) for t in result.tries

@@ -308,6 +308,29 @@ def test_the_test_server_rejects_a_truncated_image(vllm_server: VLLMTestServer) 
     assert "could not read the image" in r.json()["message"]
 
 
+def test_the_test_servers_gate_holds_requests_until_opened(vllm_server: VLLMTestServer) -> None:
+    """The scale-out kill test relies on the gate to freeze progress while it looks."""
+    import base64
+    import concurrent.futures
+
+    import httpx
+
+    url = "data:image/jpeg;base64," + base64.b64encode(make_image(280, 140)).decode()
+    body = {
+        "model": vllm_server.config.model,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+    }
+    assert httpx.post(f"{vllm_server.url}/control/gate", json={"closed": "yes"}).status_code == 400
+    httpx.post(f"{vllm_server.url}/control/gate", json={"closed": True}).raise_for_status()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(httpx.post, f"{vllm_server.base_url}/chat/completions", json=body, timeout=10)
+        time.sleep(0.5)
+        assert not fut.done() and vllm_server.stats()["completed"] == 0
+        opened = httpx.post(f"{vllm_server.url}/control/gate", json={"closed": False}).json()
+        assert opened == {"closed": False, "queued": 1}
+        assert fut.result().status_code == 200
+
+
 def test_request_uses_response_format_json_schema_and_logprobs(vllm_server: VLLMTestServer) -> None:
     async def go() -> Any:
         c = _client(vllm_server)

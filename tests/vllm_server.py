@@ -21,7 +21,10 @@ What it honours of vLLM's contract, so the client is tested against the real thi
   or per element of a list field), so tests can check what the client computes;
 * faults on demand, per image: ``POST /control/faults {"key": <sha256 or "*">, "faults": [...]}``
   queues faults (``"500"``, ``"429"`` (optional ``retry_after``), ``"hang"``, ``"malformed"``,
-  ``"schema"``, ``"truncated"``), consumed one per request for that image.
+  ``"schema"``, ``"truncated"``), consumed one per request for that image;
+* a gate for tests that must act at a precise point of a batch: ``POST /control/gate {"closed":
+  true}`` holds every new request before it takes a slot (those already in a slot finish), so the
+  progress a test observes stays put while it looks; ``{"closed": false}`` lets them through.
 
 Ground truth: ``<truth dir>/*.json`` sidecars ``{"sha256", "width", "height", "records": {<spec>:
 record}}`` (boxes in original pixels, after EXIF orientation; ``_confidence`` and
@@ -284,6 +287,7 @@ class ServerState:
         self.faults: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self.lock = threading.Lock()
         self._sem: asyncio.Semaphore | None = None
+        self._gate: asyncio.Event | None = None
         self.reset_stats()
 
     @property
@@ -291,6 +295,14 @@ class ServerState:
         if self._sem is None:  # created inside the server's event loop
             self._sem = asyncio.Semaphore(self.config.slots)
         return self._sem
+
+    @property
+    def gate(self) -> asyncio.Event:
+        """Set while requests may go on (``/control/gate``); created inside the server's loop."""
+        if self._gate is None:
+            self._gate = asyncio.Event()
+            self._gate.set()
+        return self._gate
 
     def reset_stats(self) -> None:
         with self.lock:
@@ -478,6 +490,7 @@ class ModelServer:
             "/control/truth": ("POST", control_truth),
             "/control/stats": ("GET", control_stats),
             "/control/reset": ("POST", control_reset),
+            "/control/gate": ("POST", control_gate),
         }
 
     @property
@@ -687,6 +700,7 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
         state.queued += 1
         state.max_queued = max(state.max_queued, state.queued)
     fault = state.next_fault(key)
+    await state.gate.wait()
     async with state.sem:
         with state.lock:
             state.queued -= 1
@@ -846,7 +860,24 @@ async def control_reset(state: ServerState, request: Request) -> Reply:
     with state.lock:
         state.faults.clear()
     state.reset_stats()
+    state.gate.set()
     return _json({"ok": True})
+
+
+async def control_gate(state: ServerState, request: Request) -> Reply:
+    try:
+        closed = json.loads(request.body)["closed"]
+    except (ValueError, KeyError, TypeError):
+        return _error(400, 'the body must be {"closed": true|false}', "BadRequestError")
+    if not isinstance(closed, bool):
+        return _error(400, '"closed" must be true or false', "BadRequestError")
+    if closed:
+        state.gate.clear()
+    else:
+        state.gate.set()
+    with state.lock:
+        queued = state.queued
+    return _json({"closed": closed, "queued": queued})
 
 
 async def health(state: ServerState, request: Request) -> Reply:

@@ -26,7 +26,7 @@ app = typer.Typer(
 
 #: progress and errors go to stderr so that `--json` output on stdout stays machine-readable
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+out = Console(soft_wrap=True)  # stdout lines (paths, URLs) must stay whole when piped
 
 
 class ExitCode(IntEnum):
