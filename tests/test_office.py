@@ -28,6 +28,7 @@ from labelloop.documents.render import png_size
 from labelloop.export import export_dataset, read_manifest, verify_version
 from labelloop.ingest import ingest
 from labelloop.ingest.probe import Rejected, probe_file
+from labelloop.prelabel.base import PredictionResult
 from labelloop.prelabel.documents.cpu import PyMuPDFLayoutBackend
 from labelloop.prelabel.documents.mineru import MinerUBackend
 from labelloop.prelabel.runner import latest_predictions, run_prelabel_sync
@@ -135,6 +136,34 @@ def test_office_document_through_libreoffice_and_mineru(
     sha = hashlib.sha256(data).hexdigest()
     item = Item(id=1, sha256=sha, media_type="document", mime="x", ext=kind, size_bytes=len(data), storage_key="k")
     res = asyncio.run(b.predict(item, data, SpecRegistry().get("document_layout")))
+    check_office_result(res, store, kind)
+
+
+@pytest.mark.parametrize("kind", ["docx", "pptx"])
+def test_office_document_through_a_real_mineru_api_server(
+    kind: str, tmp_path: Path, office_backend: tuple[MinerUBackend, LocalStore], mineru_api: str
+) -> None:
+    """The same documents through MinerU 4.x's own HTTP API (mode=http, a real `mineru-api`): the
+    rendering's pages and the office file itself are submitted as tasks and polled to completion."""
+    cli, store = office_backend
+    settings = cli.settings.model_copy(
+        update={"mineru": cli.settings.mineru.model_copy(update={"mode": "http", "api_url": mineru_api})}
+    )
+    b = MinerUBackend(settings, store)
+    b._analyzer = cli.analyzer  # loading the layout model again costs seconds
+    assert b.model_version == "mineru-4.0.12-flash"  # asked from the server's /v1/health
+    path = (make_docx if kind == "docx" else make_pptx)(tmp_path / f"doc.{kind}")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    item = Item(id=1, sha256=sha, media_type="document", mime="x", ext=kind, size_bytes=len(data), storage_key="k")
+    res = asyncio.run(b.predict(item, data, SpecRegistry().get("document_layout")))
+    check_office_result(res, store, kind)
+    assert res.confidence_detail["origin"].startswith("mineru-api task ")
+
+
+def check_office_result(res: PredictionResult, store: LocalStore, kind: str) -> None:
+    """Two pages with images of their own size, MinerU flash on every page, the title found, the
+    native office table (colspan kept) in place of the rendering's."""
     assert res.status == "ok", res.error
     rec = DocumentRecord.model_validate(res.record)
     assert len(rec.pages) == 2  # the page break / two slides
