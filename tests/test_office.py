@@ -1,7 +1,9 @@
 """Office documents: ingest probe (type from the container, zip-bomb and page checks), then the real
 pipeline on a DOCX and a PPTX built here: LibreOffice renders them to PDF (page images, geometry),
-real MinerU 4.x flash parses the rendering and the office file natively, and the native tables
-(colspan kept) replace the rendering's where their texts agree.
+real MinerU 4.x flash parses the rendering and the office file natively (its CLI, and a real
+`mineru-api` server), and the native tables (colspan kept) replace the rendering's where their texts
+agree. The offline pymupdf backend reads the same rendering; office documents go through ingest,
+pre-label, validation and export like PDFs, into a version both dataset checkers accept.
 """
 
 from __future__ import annotations
