@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -667,6 +668,9 @@ def test_mineru_api_build(resolved: dict[str, Any]) -> None:
     assert download, "the image must bake in MinerU's models"
     dl = shlex.split(download.group(1))
     assert flag_value(dl, "-s") in ("huggingface", "modelscope")
+    # the backend the server runs is the one whose models were downloaded (MinerU's `auto` would pick
+    # onnx on a CPU-only host and fetch other models)
+    assert re.search(rf"MINERU_MODEL_SMALL_BACKEND={flag_value(dl, '--small-backend')}\b", dockerfile)
     assert "MINERU_MODEL_SOURCE=local" in dockerfile and env_dict(svc)["MINERU_MODEL_SOURCE"] == "local"
     args = command_list(svc)
     assert args[0] == "mineru-api" and flag_value(args, "--host") == "0.0.0.0"
@@ -703,6 +707,20 @@ def test_mineru_image_names_exist_in_the_installed_mineru(resolved: dict[str, An
     for flag in (a for a in dl if a.startswith("-")):
         assert f'"{flag}"' in models_cli, flag
     assert '"/v1/health"' in (site / "mineru" / "parser" / "api_server.py").read_text()
+    # the image's ENV, read by that MinerU's own config: models where the download put them, and the
+    # small backend the download chose
+    env_lines = re.findall(r"^ENV ((?:.*\\\n)*.*)$", dockerfile, re.M)
+    image_env = dict(kv.split("=", 1) for line in env_lines for kv in shlex.split(line.replace("\\\n", " ")))
+    probe = "from mineru.config import config; print(config.model.small_backend, config.model.base_dir)"
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        env={"PATH": os.environ.get("PATH", ""), **image_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert out == [flag_value(dl, "--small-backend"), f"{image_env['MINERU_HOME']}/models"]
 
 
 def test_label_studio(resolved: dict[str, Any], airflow_env: dict[str, str]) -> None:
