@@ -210,7 +210,7 @@ def test_annotations_sync_into_records_and_the_correction_log(
     ann.annotations.create(id=corrected.ls_task_id, result=result, lead_time=31.5)
     ann.annotations.create(id=skipped.ls_task_id, result=[], was_cancelled=True, lead_time=1.0)
 
-    assert count_new_completed(db, ls, settings, VEHICLE) == 3  # what the sensor sees
+    assert count_new_completed(db, ls, settings, VEHICLE) == 3  # what the next sync will pick up
     stats = sync_project(db, ls, settings, VEHICLE)
     assert (stats.annotations_new, stats.completed, stats.skipped, stats.deleted) == (4, 3, 1, 0)
     assert stats.corrections == 3 * len(VEHICLE.fields)
@@ -498,13 +498,10 @@ def test_connection_url_forms() -> None:
     assert connection_url("label-studio", "postgres", None) == "http://label-studio"
 
 
-def test_operators_and_sensor(
-    label_studio: Any, tmp_path: Path, store: LocalStore, review_data: Any, monkeypatch: Any
-) -> None:
+def test_operators(label_studio: Any, tmp_path: Path, store: LocalStore, review_data: Any, monkeypatch: Any) -> None:
     import json
 
     from labelloop_airflow.review import RouteAndImportOperator, SyncOperator
-    from labelloop_airflow.sensors import LabelStudioCompletedSensor
 
     prefix = f"op{uuid.uuid4().hex[:6]}"
     db_url = f"sqlite:///{tmp_path / 'curation.db'}"
@@ -529,16 +526,9 @@ def test_operators_and_sensor(
     project = ls.projects.get(id=out["import"]["project_id"])
     assert project.title == f"{prefix}-{VEHICLE.name}"
 
-    sensor = LabelStudioCompletedSensor(task_id="wait", spec=VEHICLE.name, min_completed=1)
-    assert sensor.mode == "reschedule"
-    first = sensor.poke({})
-    assert (first.is_done, first.xcom_value) == (False, 0)
     rt = _review_tasks(db)[0]
     _accept(ls, rt.ls_task_id)
-    ready = sensor.poke({})
-    assert (ready.is_done, ready.xcom_value) == (True, 1)
 
     stats = SyncOperator(task_id="sync", spec=VEHICLE.name).execute({})
     assert stats["completed"] == 1 and stats["project_id"] == project.id
-    assert sensor.poke({}).is_done is False
     db.dispose()

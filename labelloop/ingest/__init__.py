@@ -1,4 +1,4 @@
-"""Ingest: content-addressed registration of images and PDFs, with recorded rejects."""
+"""Ingest: content-addressed registration of images, documents (PDF, office) and videos, with recorded rejects."""
 
 from labelloop.ingest.probe import Probe, Rejected, RejectReason, probe_file, sniff
 from labelloop.ingest.run import Ingestor, IngestStats, ingest, raw_key

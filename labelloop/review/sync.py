@@ -194,7 +194,8 @@ def _project_id(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpe
 
 
 def count_new_completed(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpec) -> int:
-    """Completed tasks of the spec's project since the last sync watermark (for the sensor)."""
+    """Completed tasks of the spec's project since the last sync watermark: what the next sync
+    will pick up."""
     pid = _project_id(db, ls, settings, spec)
     if pid is None:
         return 0
