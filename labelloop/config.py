@@ -111,13 +111,45 @@ class VLLMSettings(BaseModel):
     jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the resized image sent to the server.")
     max_tokens: int = Field(1024, ge=1, description="Completion token limit per request.")
     top_logprobs: int = Field(1, ge=0, le=20, description="top_logprobs to request (>=0).")
-    coordinate_mode: Literal["absolute_resized", "relative_1000"] = Field(
-        "absolute_resized",
-        description="How the model writes boxes: Qwen2.5-VL uses absolute pixels of the resized "
-        "image; Qwen2-VL and Qwen3-VL use 0-1000.",
+    model_family: Literal["auto", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = Field(
+        "auto",
+        description="Qwen-VL family of the served model, which decides the box convention and the resize "
+        "factor; auto: from the model name (a name that tells nothing is a configuration error unless "
+        "coordinate_mode, resize_factor and min_pixels are all set).",
     )
-    min_pixels: int = Field(3136, ge=1, description="Client-side resize lower bound (pixels).")
-    max_pixels: int = Field(1_003_520, ge=1, description="Client-side resize upper bound (pixels).")
+    coordinate_mode: Literal["auto", "absolute_resized", "relative_1000"] = Field(
+        "auto",
+        description="How the model writes boxes; auto: by family (Qwen2.5-VL absolute pixels of the resized "
+        "image; Qwen2-VL and Qwen3-VL 0-1000). Set it to override the family (e.g. a fine-tune).",
+    )
+    resize_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Both sides of the image sent are multiples of this (patch size x merge size); "
+        "None: by family (Qwen2/2.5-VL 28, Qwen3-VL 32).",
+    )
+    min_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="Client-side resize lower bound (pixels); None: the family's processor default "
+        "(Qwen2/2.5-VL 3136, Qwen3-VL 65536). Keep it at or above the server's own min_pixels.",
+    )
+    max_pixels: int = Field(
+        1_003_520,
+        ge=1,
+        description="Client-side resize upper bound (pixels); keep it at or below the server's own max_pixels.",
+    )
+    return_token_ids: bool = Field(
+        True,
+        description="Ask vLLM for the prompt's token ids (request field return_token_ids) to count the image "
+        "tokens it encoded exactly; servers without it are checked against a bound from usage.prompt_tokens.",
+    )
+    confidence_aggregator: Literal["min", "geomean", "joint"] = Field(
+        "min",
+        description="How a field's value-token probabilities become its confidence: the least probable "
+        "token (min), their geometric mean, or their product (joint, shrinks with length). The default is "
+        "the best calibrated on simulated logprobs (tests/test_vllm_confidence_sim.py).",
+    )
     video_family: Literal["qwen2_5_vl", "internvl"] = Field(
         "qwen2_5_vl",
         description="Request shape for video: Qwen2.5-VL takes the sampled frames as one video_url "

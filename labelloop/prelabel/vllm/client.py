@@ -140,6 +140,8 @@ class ChatResult:
     attempts: int
     model: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the prompt as token ids, when the request asked for them (vLLM's ``return_token_ids``)
+    prompt_token_ids: list[int] | None = field(default=None, repr=False)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -394,6 +396,7 @@ class ChatClient:
             attempts=attempts,
             model=data.get("model"),
             raw=data,
+            prompt_token_ids=data.get("prompt_token_ids"),
         )
 
 
