@@ -314,7 +314,7 @@ def test_document_operator_runs_one_batch(
     from labelloop_airflow.prelabel import PrelabelOperator
 
     monkeypatch.setenv("LABELLOOP_HOME", str(sqlite_settings.home))
-    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url)
+    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url_value)
     monkeypatch.setenv("LABELLOOP_STORAGE__ROOT", str(sqlite_settings.storage.root))
     first = add_item(sqlite_db, store, small_pdf(1), "a")
     add_item(sqlite_db, store, small_pdf(1, "Another document entirely, about rivers."), "b")

@@ -769,8 +769,7 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
                 top_n=top_n if body.get("logprobs") else -1,
             )
             image_tokens = (frame[0] // cfg.resize_factor) * (frame[1] // cfg.resize_factor)
-            prompt_ids = _prompt_token_ids(image_tokens, _prompt_texts(body))
-            prompt_tokens = len(prompt_ids)
+            prompt_tokens, prompt_ids_json = _prompt_token_ids(image_tokens, tuple(_prompt_texts(body)))
             usage = {
                 "prompt_tokens": prompt_tokens,
                 "total_tokens": prompt_tokens + n_tokens,
@@ -788,7 +787,7 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
                     json.dumps(usage).encode(),
                     b', "prompt_logprobs": null',
                     (
-                        b', "prompt_token_ids": ' + json.dumps(prompt_ids).encode()
+                        b', "prompt_token_ids": ' + prompt_ids_json
                         if body.get("return_token_ids") and cfg.token_ids
                         else b""
                     ),
@@ -812,13 +811,16 @@ def _prompt_texts(body: dict[str, Any]) -> list[str]:
     ]
 
 
-def _prompt_token_ids(image_tokens: int, texts: list[str]) -> list[int]:
-    """The prompt as vLLM would tokenise it: template, vision start, one ``<|image_pad|>`` per
-    image token, vision end, the text (one made-up id per pre-tokenizer chunk), template."""
+@functools.lru_cache(maxsize=1024)
+def _prompt_token_ids(image_tokens: int, texts: tuple[str, ...]) -> tuple[int, bytes]:
+    """(prompt tokens, the ids as JSON) as vLLM would tokenise the prompt: template, vision start,
+    one ``<|image_pad|>`` per image token, vision end, the text (one made-up id per pre-tokenizer
+    chunk), template. Cached: a batch repeats a few image sizes and one prompt."""
     text_ids = [1000 + i for t in texts for i, _ in enumerate(_PRETOKEN.findall(t))]
     head = list(range(100, 100 + TEMPLATE_TOKENS - 2 - 5))  # system turn and user header
     tail = list(range(200, 205))  # <|im_end|>, newline, assistant header
-    return [*head, VISION_START_ID, *([IMAGE_PAD_ID] * image_tokens), VISION_END_ID, *text_ids, *tail]
+    ids = [*head, VISION_START_ID, *([IMAGE_PAD_ID] * image_tokens), VISION_END_ID, *text_ids, *tail]
+    return len(ids), json.dumps(ids).encode()
 
 
 @functools.lru_cache(maxsize=4096)

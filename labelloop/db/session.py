@@ -33,7 +33,7 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def make_engine(settings: DatabaseSettings) -> Engine:
-    url = make_url(settings.url)
+    url = make_url(settings.url_value)
     kwargs: dict[str, Any] = {"echo": settings.echo, "future": True}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
