@@ -555,9 +555,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
         unknown.append(raw)
     if unknown:
         lines = []
+        # compared without the common prefix, which would make every name look alike
+        known = sorted(n[len(ENV_PREFIX) :] for n in leaves)
         for raw in sorted(unknown):
-            close = difflib.get_close_matches(raw.upper(), sorted(leaves), n=1, cutoff=0.6)
-            lines.append(f"{raw}" + (f" (did you mean {close[0]}?)" if close else ""))
+            close = difflib.get_close_matches(raw.upper()[len(ENV_PREFIX) :], known, n=1, cutoff=0.75)
+            lines.append(f"{raw}" + (f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""))
         raise ValueError(
             "unknown labelloop environment variable(s): " + "; ".join(lines) + ". Every setting is listed in "
             "docs/configuration.md (labelloop config docs)."

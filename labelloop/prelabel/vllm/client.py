@@ -261,7 +261,11 @@ class ChatClient:
     async def list_models(self) -> list[str]:
         async with self._client().get(self._models_url, proxy=self._proxy) as resp:
             if resp.status >= 400:
-                raise ChatError(f"HTTP {resp.status} listing models", status=resp.status, body=await resp.text())
+                raise ChatError(
+                    f"HTTP {resp.status} listing models ({self._models_url})",
+                    status=resp.status,
+                    body=await resp.text(),
+                )
             data = _decode_json(await resp.read())
         return [m["id"] for m in data.get("data", [])]
 
