@@ -157,6 +157,8 @@ class VLLMBackend(Backend):
         self.profile: ModelProfile = resolve_profile(self.cfg)
         #: spec name -> (the schema object it was built from, its check); see _validator_for
         self._validators: dict[str, tuple[dict[str, Any], _SchemaCheck]] = {}
+        #: spec name -> (the spec object, its identity); see identity()
+        self._identities: dict[str, tuple[TaskSpec, dict[str, Any]]] = {}
         self._client: ChatClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -189,7 +191,13 @@ class VLLMBackend(Backend):
         """Every setting that changes the answer or how it is read, besides model and version:
         the prompt and schema, the box convention, the image sent (resize bounds, factor, JPEG
         quality), the token limit, the temperature, the confidence aggregator (thresholds are on
-        its scale) and, for video, the frame sampling and request shape."""
+        its scale) and, for video, the frame sampling and request shape.
+
+        Cached per spec object: it goes into every prediction's detail, and the spec's prompt hash
+        serialises and hashes the prompt and schema each time it is asked."""
+        hit = self._identities.get(spec.name)
+        if hit is not None and hit[0] is spec:
+            return hit[1]
         cfg, prof = self.cfg, self.profile
         ident: dict[str, Any] = {
             "prompt": spec.prompt_hash,
@@ -211,6 +219,7 @@ class VLLMBackend(Backend):
                 "max_frames": cfg.video_max_frames,
                 "total_pixels": cfg.video_total_pixels,
             }
+        self._identities[spec.name] = (spec, ident)
         return ident
 
     def prompt_hash(self, spec: TaskSpec) -> str:
