@@ -611,7 +611,7 @@ def test_airflow_env_loads_into_settings(airflow_env: dict[str, str], monkeypatc
         if key.startswith("LABELLOOP_"):
             monkeypatch.setenv(key, value)
     s = Settings()
-    assert s.db.url.startswith("postgresql+psycopg://labelloop:")
+    assert s.db.url_value.startswith("postgresql+psycopg://labelloop:")
     assert s.storage.backend == "s3" and s.storage.endpoint == "minio:9000" and not s.storage.secure
     assert s.storage.public_endpoint
     assert s.vllm.base_url == "http://vllm:8000/v1"
@@ -747,6 +747,10 @@ def test_minio_init_creates_the_bucket(resolved: dict[str, Any], airflow_env: di
     assert "mc mb" in script and "$S3_BUCKET" in script
     assert env_dict(init)["S3_BUCKET"] == airflow_env["LABELLOOP_STORAGE__BUCKET"]
     assert env_dict(init)["S3_ACCESS_KEY"] == airflow_env["LABELLOOP_STORAGE__ACCESS_KEY"]
+    # Label Studio's storage key is its own and read-only, never the platform's
+    ls_key = airflow_env["LABELLOOP_LABEL_STUDIO__S3_ACCESS_KEY"]
+    assert env_dict(init)["LS_S3_ACCESS_KEY"] == ls_key != airflow_env["LABELLOOP_STORAGE__ACCESS_KEY"]
+    assert 'policy attach local readonly --user "$LS_S3_ACCESS_KEY"' in script
     assert "http://minio:9000" in script
     assert resolved["services"]["minio"]["image"].startswith("minio/minio:")
 

@@ -443,7 +443,13 @@ def test_s3_and_presigned_media(label_studio: Any, tmp_path: Path, s3_settings: 
         settings = label_studio.settings(
             tmp_path, f"sqlite:///{tmp_path / f'{mode}.db'}", LocalStore(tmp_path / "unused"), media_mode=mode
         )
-        settings = settings.model_copy(update={"storage": s3_settings})
+        ls_keys = {"s3_access_key": "ls-read-only", "s3_secret_key": "ls-read-only-secret"}
+        settings = settings.model_copy(
+            update={
+                "storage": s3_settings,
+                "label_studio": settings.label_studio.model_validate({**settings.label_studio.model_dump(), **ls_keys}),
+            }
+        )
         db = Database(settings.db)
         db.upgrade()
         item = review_data.add_image_item(db, None, 11, width=64, height=48)
