@@ -28,6 +28,7 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 from PIL import Image
+from synthetic import synthetic_items
 
 from labelloop.config import DatabaseSettings, LabelStudioSettings, RoutingSettings, Settings, StorageSettings
 from labelloop.db import Database, Item, Prediction
@@ -215,23 +216,7 @@ def add_vehicle_batch(
     The items have no bytes in any store: enough for import/sync, where nobody looks at pixels.
     """
     with db.session() as s:
-        items = []
-        for i in range(len(confidences)):
-            sha = hashlib.sha256(f"vehicle-{tag}-{i}-{uuid.uuid4()}".encode()).hexdigest()
-            items.append(
-                Item(
-                    sha256=sha,
-                    media_type="image",
-                    mime="image/png",
-                    ext="png",
-                    size_bytes=1,
-                    storage_key=f"raw/{sha[:2]}/{sha}.png",
-                    width=640,
-                    height=480,
-                )
-            )
-        s.add_all(items)
-        s.flush()
+        items = synthetic_items(s, (f"vehicle-{tag}-{i}-{uuid.uuid4()}" for i in range(len(confidences))))
         preds = [
             Prediction(
                 item_id=it.id,

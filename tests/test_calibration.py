@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from calib_sim import log_records
 from sqlalchemy import func, select
 
 from labelloop.calibration import DriftDetected, calibrate, choose_threshold, current_thresholds
 from labelloop.calibration.report import write_report
 from labelloop.calibration.stats import clopper_pearson_upper, wilson_lower, wilson_upper
 from labelloop.config import CalibrationSettings
-from labelloop.db import Annotation, Database, FieldCorrection, Item, Prediction, ReviewTask, Threshold
-from labelloop.db.types import utcnow
+from labelloop.db import Database, Item, Prediction, Threshold
 from labelloop.storage import LocalStore
 
 TARGET = 0.02
@@ -123,80 +123,10 @@ def _log(
     mv: str = "v1",
     ph: str = "p1",
 ) -> None:
-    """Insert a correction log the way review sync would (one item/prediction/task/annotation each)."""
-    with db.transaction() as s:
-        base = int(s.scalar(select(func.count()).select_from(Item)) or 0)
-        for i, (conf, changed, route) in enumerate(rows):
-            n = base + i
-            item = Item(
-                sha256=f"{n:064x}",
-                media_type="image",
-                mime="image/png",
-                ext="png",
-                size_bytes=1,
-                storage_key=f"raw/x/{n}.png",
-                width=10,
-                height=10,
-            )
-            s.add(item)
-            s.flush()
-            pred = Prediction(
-                item_id=item.id,
-                spec=spec,
-                backend="vllm",
-                model=model,
-                model_version=mv,
-                prompt_hash=ph,
-                status="ok",
-                record={fld: "A"},
-                field_confidence={fld: conf},
-                confidence=conf,
-            )
-            s.add(pred)
-            s.flush()
-            task = ReviewTask(
-                prediction_id=pred.id,
-                item_id=item.id,
-                spec=spec,
-                route=route,
-                status="completed",
-                external_id=f"t{n}",
-                # "review" rows here stand for the full-review phase (a random sample, probability 1)
-                design="audit" if route == "audit" else "full_review",
-                inclusion_prob=0.05 if route == "audit" else 1.0,
-                audit_rate=0.05,
-            )
-            s.add(task)
-            s.flush()
-            ann = Annotation(
-                review_task_id=task.id,
-                ls_annotation_id=n,
-                ls_task_id=n,
-                ls_updated_at=utcnow(),
-                lead_time_s=12.0,
-                result=[],
-                record={fld: "B" if changed else "A"},
-            )
-            s.add(ann)
-            s.flush()
-            s.add(
-                FieldCorrection(
-                    annotation_id=ann.id,
-                    review_task_id=task.id,
-                    item_id=item.id,
-                    spec=spec,
-                    field=fld,
-                    model=model,
-                    model_version=mv,
-                    prompt_hash=ph,
-                    route=route,
-                    model_value="A",
-                    model_confidence=conf,
-                    human_value="B" if changed else "A",
-                    changed=changed,
-                    distance=float(changed),
-                )
-            )
+    """Insert a one-field correction log the way review sync would (see calib_sim.log_records)."""
+    log_records(
+        db, [({fld: (conf, changed)}, route) for conf, changed, route in rows], spec=spec, model=model, mv=mv, ph=ph
+    )
 
 
 def _sim_rows(seed: int, n: int, route: str = "review") -> list[tuple[float, bool, str]]:

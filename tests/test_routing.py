@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from synthetic import synthetic_items
 
 from labelloop.config import RoutingSettings
 from labelloop.db import Database, Item, Prediction, Record, ReviewTask, Threshold
@@ -38,23 +39,8 @@ def spec() -> TaskSpec:
 
 
 def _items(db: Database, n: int, start: int = 0) -> list[Item]:
-    items = []
     with db.session() as s:
-        for i in range(start, start + n):
-            sha = hashlib.sha256(f"routing-item-{i}".encode()).hexdigest()
-            items.append(
-                Item(
-                    sha256=sha,
-                    media_type="image",
-                    mime="image/png",
-                    ext="png",
-                    size_bytes=1,
-                    storage_key=f"raw/{sha[:2]}/{sha}.png",
-                    width=640,
-                    height=480,
-                )
-            )
-        s.add_all(items)
+        items = synthetic_items(s, (f"routing-item-{i}" for i in range(start, start + n)))
         s.commit()
     return items
 

@@ -308,3 +308,45 @@ def clopper_pearson_interval(k: int, n: int, level: float) -> tuple[float, float
     lo = 0.0 if k == 0 else float(beta_dist.ppf(a, k, n - k + 1))
     hi = 1.0 if k == n else float(beta_dist.ppf(1 - a, k + 1, n - k))
     return lo, hi
+
+
+# --------------------------------------------------------------------------- what would raise coverage
+
+#: how many times the current reviewed units a what-if may assume (beyond: "not within reach")
+MAX_SCALE = 200.0
+
+
+def scale_to_certify(u: Units, *, target: float, level: float, min_samples: int, grid: np.ndarray = GRID) -> np.ndarray:
+    """Per grid threshold, the factor ``s >= 1`` by which the reviewed units at or above it would have
+    to grow, *more of the same* (same errors, same sampling design), for the fixed-sequence descent to
+    certify it; ``inf`` where no factor up to :data:`MAX_SCALE` would (typically: the weighted error
+    share there is at or above the target, so more reviews cannot help).
+
+    Why this extrapolation is exact for the betting ledger: replicating every unit of ``A(tau)`` ``s``
+    times multiplies the log-capital, the start rule's expected log-capital and the count of every
+    region ``A(tau') ⊆ A(tau)`` (``tau' >= tau``) by ``s``, so the descent's outcome down to ``tau`` is a
+    function of ``s`` alone. It is a planning figure, not a promise: new reviews err at their own rate.
+    """
+    ledger = Ledger(target, grid).add(u)
+    need = np.log(1 / (1 - level))
+    scales = np.concatenate([[1.0], np.geomspace(1.01, MAX_SCALE, 240)])
+    out = np.full(grid.size, np.inf)
+    for s in scales:  # few hundred vectorised steps over (G, J): cheap next to a calibration run
+        passed = _log_mean_exp(s * ledger.cap) >= need
+        tested = (_log_mean_exp(s * ledger.start) >= need) & (s * ledger.n >= min_samples)
+        # every tested candidate above must pass: a failure stops the descent
+        clear = np.concatenate([[True], np.cumprod(passed | ~tested)[:-1].astype(bool)])
+        ok = passed & tested & clear & np.isinf(out)
+        out[ok] = s
+        if np.isfinite(out).all():
+            break
+    return out
+
+
+def weighted_error_share(u: Units, tau: float) -> float | None:
+    """Inverse-probability-weighted share of wrong units at or above ``tau`` (None: no units there)."""
+    m = u.score >= tau
+    if not m.any():
+        return None
+    w = 1 / u.pi[m]
+    return float((w * u.error[m]).sum() / w.sum())
