@@ -22,7 +22,7 @@ from labelloop.calibration.guarantee import (
     Certificate,
     Units,
     coverage_of,
-    scale_to_certify,
+    plan,
     weighted_error_share,
 )
 from labelloop.calibration.live import LiveAudit
@@ -48,8 +48,8 @@ class Advice:
     threshold: float
     coverage: float
     reviewed: int  # reviewed units at or above it now
-    more_in_region: int | None  # None: out of reach at this target
-    more_reviews: int | None  # the same, as reviews at the current mix of routes and confidences
+    more_in_region: int | None  # of the reviews below, at or above the threshold; None: out of reach
+    more_reviews: int | None  # more reviews under the routing in force until it (or lower) is certified
     error_share: float | None  # weighted share changed at or above it, now
     band: tuple[float, float | None]  # [threshold, current threshold)
     limiting: list[tuple[str, float]]  # fields that are the least confident one in the band, by share
@@ -147,9 +147,9 @@ class Statement:
             )
             rate = "" if a.error_share is None else f", if their error share stays at {a.error_share:.1%}"
             lines.append(
-                f"Threshold {a.threshold:.4f} (coverage ~{a.coverage:.0%}): about {a.more_in_region} more reviewed "
-                f"{self.unit} at or above it (now {a.reviewed}), i.e. ~{a.more_reviews} more reviews at the current "
-                f"mix{hours}{rate}{by}."
+                f"Threshold {a.threshold:.4f} (coverage ~{a.coverage:.0%}): about {a.more_reviews} more reviews "
+                f"under the routing in force{hours}, {a.more_in_region} of them of {self.unit} at or above it (now "
+                f"{a.reviewed}){rate}{by}."
             )
         return lines
 
@@ -209,17 +209,27 @@ def _limiting(u: Units, weakest: list[str], lo: float, hi: float | None) -> list
 
 
 def advise(
-    u: Units, cert: Certificate, *, target: float, level: float, min_samples: int, weakest: list[str]
+    u: Units,
+    cert: Certificate,
+    *,
+    target: float,
+    level: float,
+    min_samples: int,
+    weakest: list[str],
+    audit_rate: float | None,
 ) -> list[Advice]:
     """The highest grid threshold below the current one for each coverage step, and what certifying it
     would take (see :func:`labelloop.calibration.guarantee.scale_to_certify`)."""
     if len(u) == 0:
         return []
-    scale = scale_to_certify(u, target=target, level=level, min_samples=min_samples)
+    p = plan(u, current=cert.threshold, audit_rate=audit_rate, target=target, level=level, min_samples=min_samples)
     cur_cov = cert.coverage
     below = [g for g in range(GRID.size) if cert.threshold is None or GRID[g] < cert.threshold - 1e-12]
-    covs = {g: coverage_of(u, float(GRID[g])) for g in below}
-    n_all = len(u)
+    w = 1 / u.pi
+    order = np.argsort(-u.score, kind="stable")
+    cum_w = np.concatenate([[0.0], np.cumsum(w[order])])
+    cover = cum_w[np.searchsorted(-u.score[order], -GRID, side="right")] / cum_w[-1]  # coverage_of per grid
+    covs = {g: float(cover[g]) for g in below}
     out: list[Advice] = []
     seen: set[int] = set()
     for step in COVERAGE_STEPS:
@@ -229,11 +239,9 @@ def advise(
         seen.add(g)
         tau = float(GRID[g])
         n_reg = int((u.score >= tau).sum())
-        s = float(scale[g])
-        more = None if not np.isfinite(s) else max(0, int(np.ceil((s - 1) * max(n_reg, 1))))
-        if more is not None and n_reg == 0:
-            more = None
-        reviews = None if more is None else int(np.ceil(more * n_all / n_reg))
+        routed = p.routed(g)
+        more = None if not np.isfinite(routed) else int(np.ceil(routed * p.in_region[g]))
+        reviews = None if not np.isfinite(routed) else int(np.ceil(routed * p.reviews_per_routed))
         out.append(
             Advice(
                 tau,
@@ -288,7 +296,16 @@ def build_statements(
             n_units=len(u),
             live=(live or {}).get(key),
         )
-        st.advice = advise(u, cert, target=target, level=level, min_samples=min_samples, weakest=groups[key].weakest)
+        rates = [r.get("audit_rate") for r in rows if (r["spec"], r["model_key"]) == key[:2]]
+        st.advice = advise(
+            u,
+            cert,
+            target=target,
+            level=level,
+            min_samples=min_samples,
+            weakest=groups[key].weakest,
+            audit_rate=next((x for x in reversed(rates) if x is not None), None),
+        )
         st.curve = _curve(u)
         out.append(st)
     return out
