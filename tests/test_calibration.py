@@ -11,11 +11,9 @@ from calib_sim import log_records
 from sqlalchemy import func, select
 
 from labelloop.calibration import DriftDetected, calibrate, choose_threshold, current_thresholds
-from labelloop.calibration.report import write_report
 from labelloop.calibration.stats import clopper_pearson_upper, wilson_lower, wilson_upper
 from labelloop.config import CalibrationSettings
 from labelloop.db import Database, Item, Prediction, Threshold
-from labelloop.storage import LocalStore
 
 TARGET = 0.02
 #: the DB-backed tests are about versioning and the drift guard, not power: a target the simulated
@@ -208,19 +206,6 @@ def test_clean_audits_do_not_trip_the_guard(sqlite_db: Database) -> None:
     _log(sqlite_db, [(float(c), False, "audit") for c in np.linspace(t.threshold, 1, 60)])
     result = calibrate(sqlite_db, settings)
     assert result.drift == []
-
-
-def test_report_has_plots_time_saved_and_html(sqlite_db: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings = CalibrationSettings(target_error=DB_TARGET, min_samples=50)
-    _log(sqlite_db, _sim_rows(7, 1200) + _sim_rows(8, 100, route="audit"))
-    result = calibrate(sqlite_db, settings)
-    store = LocalStore(tmp_path)
-    key = write_report(sqlite_db, store, result, TARGET, run_id="r1")
-    page = store.get(key).decode()
-    assert "vehicle_extraction.plate_number" in page and "hours saved" in page
-    for name in ("reliability-0.png", "coverage-0.png"):
-        assert store.get(f"reports/calibration/r1/{name}").startswith(b"\x89PNG")
-    assert b"r1/index.html" in store.get("reports/calibration/latest.html")
 
 
 def test_cli_calibrate_and_thresholds(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
