@@ -18,8 +18,10 @@ import io
 import os
 import random
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,20 @@ from labelloop.storage import LocalStore
 REPO = Path(__file__).resolve().parents[1]
 LS_EXECUTABLE = REPO / ".venv-ls" / "bin" / "label-studio"
 ANNOTATOR_PASSWORD = "Ann0tator-Pass!"
+#: Debian's Chromium (scripts/ensure-chromium.sh), never a browser downloaded by ``playwright install``
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: screenshots for a human to look at
+ARTIFACTS = REPO / "test-artifacts"
 
 
 @dataclass
@@ -102,6 +118,35 @@ class LabelStudioTestServer:
             assert r.status_code == 201, r.text
             return Annotator(email=email, password=password, token=r.json()["token"], url=self.url)
 
+    @contextmanager
+    def annotator_page(self, prefix: str, *, height: int = 1000) -> Iterator[Any]:
+        """A headless Chromium page logged in through /user/login as a fresh annotator (who joined by
+        the invite link): what every browser test starts from. Fails, never skips, without Chromium."""
+        if not CHROMIUM.exists():
+            pytest.fail("Chromium missing: run scripts/ensure-chromium.sh")
+        from playwright.sync_api import sync_playwright
+
+        annotator = self.signup(f"{prefix}-{uuid.uuid4().hex[:8]}@example.com")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport={"width": 1600, "height": height},
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"{self.url}/user/login/")
+                page.fill("input[name=email]", annotator.email)
+                page.fill("input[name=password]", annotator.password)
+                page.click("button[type=submit], input[type=submit]")
+                page.wait_for_url(lambda url: "/user/login" not in url, timeout=30_000)
+                yield page
+            finally:
+                browser.close()
+
 
 _RUNNING: LabelStudioTestServer | None = None
 
@@ -145,21 +190,28 @@ def png_bytes(width: int, height: int, seed: int) -> bytes:
 
 
 def add_image_item(
-    db: Database, store: LocalStore | None, seed: int, *, width: int = 640, height: int = 480, data: bytes | None = None
+    db: Database,
+    store: LocalStore | None,
+    seed: int,
+    *,
+    width: int = 640,
+    height: int = 480,
+    data: bytes | None = None,
+    ext: str = "png",
 ) -> Item:
     """An image item; with a store its bytes are stored too (needed only where a browser looks)."""
     if data is None and store is not None:
         data = png_bytes(width, height, seed)
     sha = hashlib.sha256(data if data is not None else f"item-{seed}-{uuid.uuid4()}".encode()).hexdigest()
-    key = f"raw/{sha[:2]}/{sha}.png"
+    key = f"raw/{sha[:2]}/{sha}.{ext}"
     if store is not None and data is not None:
         store.put(key, data)
     with db.session() as s:
         item = Item(
             sha256=sha,
             media_type="image",
-            mime="image/png",
-            ext="png",
+            mime="image/jpeg" if ext in ("jpg", "jpeg") else f"image/{ext}",
+            ext=ext,
             size_bytes=len(data or b""),
             storage_key=key,
             width=width,
