@@ -13,6 +13,7 @@ on the tests, ``LABELLOOP_TEST_LS_URL``/``_TOKEN``/``_FILES_ROOT`` reuse a serve
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -253,6 +254,26 @@ def add_prediction(
         s.add(pred)
         s.commit()
         return pred
+
+
+def add_two_page_pdf(db: Database, spec: TaskSpec, confidence: float, *, sha: str = "cd" * 32) -> Item:
+    """A two-page PDF item (no bytes) with a prediction of ``spec`` (document_layout) for both pages."""
+    with db.session() as s:
+        pdf = Item(
+            sha256=sha,
+            media_type="document",
+            mime="application/pdf",
+            ext="pdf",
+            size_bytes=1,
+            storage_key=f"raw/{sha[:2]}/{sha}.pdf",
+            page_count=2,
+        )
+        s.add(pdf)
+        s.commit()
+    record = sample_record(spec.name, sha=sha)
+    record["pages"].append({**copy.deepcopy(record["pages"][0]), "page": 1, "image_key": f"pages/{sha}/1.png"})
+    add_prediction(db, spec, pdf, record, {"blocks": confidence})
+    return pdf
 
 
 def add_vehicle_batch(

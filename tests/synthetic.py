@@ -1,6 +1,6 @@
-"""Synthetic curation-DB rows for tests and benches: items with no bytes in any store.
-
-Enough wherever nobody looks at pixels (routing, Label Studio import/sync, calibration, benches). Kept
+"""Synthetic curation-DB rows for tests and benches: image items with no bytes in any store (enough
+wherever nobody looks at pixels: routing, Label Studio import/sync, calibration, benches), and PDF
+items for given bytes, stored or not (document backends and their batches). Kept
 free of pytest and of any server so ``bench/`` can import it too (``from tests.synthetic import ...``).
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -38,3 +39,30 @@ def synthetic_items(
     if flush:
         s.flush()
     return items
+
+
+def pdf_item(data: bytes, item_id: int = 1, ext: str = "pdf") -> Item:
+    """A document item for ``data`` that is not in any database: what a backend's ``predict`` needs."""
+    sha = hashlib.sha256(data).hexdigest()
+    return Item(
+        id=item_id,
+        sha256=sha,
+        media_type="document",
+        mime="application/pdf",
+        ext=ext,
+        size_bytes=len(data),
+        storage_key=f"raw/{sha[:2]}/{sha}.{ext}",
+    )
+
+
+def add_pdf_item(db: Any, store: Any, data: bytes, name: str | None = None) -> int:
+    """Store ``data`` and add its document item (``meta.name`` when given); returns the item id."""
+    item = pdf_item(data)
+    item.id = None  # type: ignore[assignment]
+    if name is not None:
+        item.meta = {"name": name}
+    store.put(item.storage_key, data)
+    with db.transaction() as s:
+        s.add(item)
+        s.flush()
+        return int(item.id)

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 from calib_sim import log_records
 from scipy.stats import binomtest
-from synthetic import synthetic_items
 
 from labelloop.calibration import DriftDetected, calibrate, current_thresholds
 from labelloop.calibration.live import live_audits
 from labelloop.calibration.overview import calibration_overview, describe
 from labelloop.calibration.report import write_report
 from labelloop.config import CalibrationSettings, DatabaseSettings, RoutingSettings
-from labelloop.db import Database, Prediction
+from labelloop.db import Database
 from labelloop.specs import SpecRegistry
 from labelloop.storage import LocalStore
+
+pytest_plugins = ["fixtures_labelstudio"]
 
 #: power is not the point here: a target the simulated model meets with a few hundred reviews
 T = 0.05
@@ -138,29 +139,7 @@ def test_audits_routed_before_the_threshold_took_effect_are_not_live(sqlite_db: 
     assert a.n == 40 and a.changed == 0 and a.estimate == 0.0
 
 
-def _predictions(db: Database, n: int, conf: float, model_version: str) -> None:
-    spec = SpecRegistry().get("vehicle_extraction")
-    with db.session() as s:
-        items = synthetic_items(s, (f"status-{model_version}-{i}" for i in range(n)))
-        s.add_all(
-            Prediction(
-                item_id=it.id,
-                spec=spec.name,
-                backend="test",
-                model="test-model",
-                model_version=model_version,
-                prompt_hash=spec.prompt_hash,
-                status="ok",
-                record={},
-                field_confidence={f: conf for f in spec.fields},
-                confidence=conf,
-            )
-            for it in items
-        )
-        s.commit()
-
-
-def test_status_marks_uncalibrated_keys_and_manual_thresholds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_status_marks_uncalibrated_keys_and_manual_thresholds(tmp_path, review_data: Any) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
     from labelloop.cli import app
@@ -168,7 +147,7 @@ def test_status_marks_uncalibrated_keys_and_manual_thresholds(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     db = Database(DatabaseSettings(url=url))
     db.upgrade()
-    _predictions(db, 40, 0.99, "v1")
+    review_data.add_vehicle_batch(db, SpecRegistry().get("vehicle_extraction"), [0.99] * 40)
     env = {
         "LABELLOOP_DB__URL": url,
         "LABELLOOP_STORAGE__ROOT": str(tmp_path / "o"),

@@ -232,22 +232,7 @@ def test_auto_never_overwrites_a_human_record_and_documents_get_a_task_per_page(
         assert s.scalar(select(Record.record)) == {"plate_number": "HUMAN1"}
 
     doc_spec = registry.get("document_layout")
-    record = review_data.sample_record("document_layout")
-    second = {**record["pages"][0], "page": 1, "image_key": record["pages"][0]["image_key"].replace("/0.", "/1.")}
-    record["pages"].append(second)
-    with db.session() as s:
-        doc = Item(
-            sha256="cd" * 32,
-            media_type="document",
-            mime="application/pdf",
-            ext="pdf",
-            size_bytes=1,
-            storage_key="raw/cd/x.pdf",
-            page_count=2,
-        )
-        s.add(doc)
-        s.commit()
-    review_data.add_prediction(db, doc_spec, doc, record, {"blocks": 0.62})
+    review_data.add_two_page_pdf(db, doc_spec, 0.62)
     stats = route_predictions(db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.0), doc_spec)
     assert (stats.review, stats.tasks) == (1, 2)
     pages = [(t.page, t.route, t.external_id.endswith(f":{t.page}")) for t in _tasks(db) if t.spec == doc_spec.name]
