@@ -49,31 +49,14 @@ from labelloop.review.server import LocalLabelStudio  # noqa: E402
 from labelloop.review.sync import SYNC_FIELDS, sync_project  # noqa: E402
 from labelloop.specs import SpecRegistry  # noqa: E402
 from labelloop.storage import LocalStore  # noqa: E402
+from tests.synthetic import synthetic_items  # noqa: E402
 
 SPEC = "vehicle_extraction"
 
 
 def make_predictions(db: Database, spec: Any, n: int) -> None:
-    import hashlib
-
     with db.session() as s:
-        items = []
-        for i in range(n):
-            sha = hashlib.sha256(f"bench-review-{i}".encode()).hexdigest()
-            items.append(
-                Item(
-                    sha256=sha,
-                    media_type="image",
-                    mime="image/png",
-                    ext="png",
-                    size_bytes=1,
-                    storage_key=f"raw/{sha[:2]}/{sha}.png",
-                    width=1280,
-                    height=960,
-                )
-            )
-        s.add_all(items)
-        s.flush()
+        items = synthetic_items(s, (f"bench-review-{i}" for i in range(n)), width=1280, height=960)
         colors = ["blue", "yellow", "green", "white"]
         for i, it in enumerate(items):
             conf = 0.3 + 0.5 * ((i * 7919) % n) / n
