@@ -15,6 +15,11 @@ which pickle (an exception with a custom ``__init__`` does not round-trip).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labelloop.config import IngestSettings
+
 import re
 import struct
 import warnings
@@ -26,7 +31,6 @@ from typing import Any
 import filetype
 from PIL import Image
 
-from labelloop.config import IngestSettings
 from labelloop.ingest import structure
 from labelloop.ingest.video_probe import VIDEO_TYPES, probe_video
 
@@ -95,6 +99,11 @@ def sniff(head: bytes) -> tuple[str, str] | None:
 DEFAULT_RENDER_DPI = 144
 
 
+def probe_ready() -> bool:
+    """A no-op for starting pool workers ahead of the first batch."""
+    return True
+
+
 def probe_in_worker(path: str, settings: IngestSettings, render_dpi: int) -> tuple[str, Probe] | tuple[str, str, str]:
     """``("ok", probe)`` or ``("rejected", reason, detail)``; never raises for a bad file."""
     try:
@@ -141,6 +150,17 @@ _STRUCTURE_CHECKS = {
 }
 
 
+_PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF", "image/bmp": "BMP"}
+
+
+def _orientation(exif: bytes | None) -> int | None:
+    if not exif:
+        return None
+    parsed = Image.Exif()
+    parsed.load(exif)
+    return parsed.get(0x0112)
+
+
 def _probe_image(path: Path, mime: str, settings: IngestSettings) -> Probe:
     allow_pillow_limit(settings.max_image_pixels)
     check = _STRUCTURE_CHECKS.get(mime) if settings.verify == "structure" else None
@@ -148,18 +168,23 @@ def _probe_image(path: Path, mime: str, settings: IngestSettings) -> Probe:
         with warnings.catch_warnings():
             # Pillow warns (and past 2x its own limit raises) on huge images; we apply our limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # reads the header only
+            with Image.open(path, formats=[_PIL_FORMATS[mime]]) as img:  # reads the header only
                 w, h = img.size
                 if w * h > settings.max_image_pixels:
                     raise Rejected(
                         RejectReason.IMAGE_TOO_LARGE,
                         f"{w}x{h} = {w * h:,} pixels exceeds the limit of {settings.max_image_pixels:,}",
                     )
-                orientation = img.getexif().get(0x0112)
-                if check is not None:
-                    check(path)
-                else:  # BMP (uncompressed: cheap) or verify="decode": every pixel
+                if check is None:  # BMP (uncompressed: cheap) or verify="decode": every pixel
                     img.load()
+                    orientation = img.getexif().get(0x0112)
+                elif mime == "image/png":
+                    # Pillow's PNG getexif() decodes the whole image to look past the pixel data
+                    exif_chunk = check(path)
+                    orientation = _orientation(exif_chunk or img.info.get("exif"))
+                else:
+                    orientation = img.getexif().get(0x0112)
+                    check(path)
     except Rejected:
         raise
     except structure.StructureError as e:

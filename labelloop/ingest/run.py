@@ -29,6 +29,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -45,7 +47,7 @@ from sqlalchemy.orm import Session
 from labelloop.config import Settings
 from labelloop.db import Database, Item, ItemAlias, Reject, SourceObject
 from labelloop.db.types import utcnow
-from labelloop.ingest.probe import Probe, Rejected, RejectReason, probe_in_worker
+from labelloop.ingest.probe import Probe, Rejected, RejectReason, probe_in_worker, probe_ready
 from labelloop.ingest.sources import Source, SourceFile, open_source
 from labelloop.storage import ObjectStore
 from labelloop.storage.batch import BatchWriter, Staged
@@ -145,7 +147,10 @@ class Ingestor:
         )
         self.limits_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self._pool: Executor | None = None
+        self._pool_ready = threading.Event()
         self._workers = self.limits.probe_workers or os.cpu_count() or 1
+        # what workers get: plain attributes (unpickling IngestSettings would import pydantic there)
+        self._plain_limits = SimpleNamespace(**self.limits.model_dump())
 
     def run(self, source: str | Source, *, limit: int | None = None, progress: ProgressFn | None = None) -> IngestStats:
         src = (
@@ -159,6 +164,7 @@ class Ingestor:
         workdir.mkdir(parents=True, exist_ok=True)
         session = self.db.session()
         writer = self.store.batch_writer(workdir)
+        self._start_pool()
         try:
             for batch in self._batches(src, stats, limit, progress):
                 self._batch(session, writer, src, batch, stats)
@@ -172,6 +178,7 @@ class Ingestor:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
+                self._pool_ready.clear()
         stats.seconds = time.perf_counter() - t0
         return stats
 
@@ -361,21 +368,43 @@ class Ingestor:
                     w.outcome = "known"  # an alias of the item its twin creates
 
     def _probe_all(self, paths: list[str]) -> list[Any]:
-        args = (self.limits, self.render_dpi)
-        if self._workers <= 1 or len(paths) < POOL_MIN_FILES:
-            return [probe_in_worker(p, *args) for p in paths]
-        pool = self._get_pool()
-        chunk = max(1, len(paths) // (self._workers * 4))
-        return list(pool.map(probe_in_worker, paths, repeat(args[0]), repeat(args[1]), chunksize=chunk))
+        if self._pool_ready.is_set() and len(paths) >= POOL_MIN_FILES:
+            assert self._pool is not None
+            chunk = max(1, len(paths) // (self._workers * 4))
+            return list(
+                self._pool.map(
+                    probe_in_worker, paths, repeat(self._plain_limits), repeat(self.render_dpi), chunksize=chunk
+                )
+            )
+        # the pool is still starting (or not wanted): probe here rather than wait for it
+        return [probe_in_worker(p, self._plain_limits, self.render_dpi) for p in paths]
 
-    def _get_pool(self) -> Executor:
-        if self._pool is None:
-            # forkserver: workers fork from a clean server process, not from this one (which may
-            # hold threads and DB connections); the probe modules are imported there once
+    def _start_pool(self) -> None:
+        """Start the probe pool in the background; batches are probed in-process until it is up.
+
+        forkserver: workers fork from a clean server process, not from this one (which may hold
+        threads and DB connections); only :mod:`labelloop.ingest.probe` is imported there. Where
+        no pool can start (e.g. inside a daemonic process), ingest probes in-process.
+        """
+        if self._workers <= 1:
+            return
+        try:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["labelloop.ingest.probe"])
-            self._pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
-        return self._pool
+            pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
+        except Exception as e:  # pragma: no cover - platform without forkserver
+            log.warning("no probe pool (%s); probing in the ingest process", e)
+            return
+        self._pool = pool
+
+        def warm() -> None:
+            try:
+                pool.submit(probe_ready).result()
+                self._pool_ready.set()
+            except Exception as e:
+                log.warning("probe pool did not start (%s); probing in the ingest process", e)
+
+        threading.Thread(target=warm, name="probe-pool-start", daemon=True).start()
 
     @staticmethod
     def _set_reject(w: _Work, sha: str, size: int | None, r: Rejected, *, remember: bool = True) -> None:
@@ -402,6 +431,7 @@ class Ingestor:
             self._insert_items(s, new, careful)
         by_sha = {w.sha: w.item_id for w in new if w.item_id is not None}
         alias_rows: list[tuple[int, str]] = []
+        fresh: set[tuple[int, str]] = set()  # aliases of items created just now: nothing to look up
         for w in todo:
             if w.outcome == "known" and w.item_id is None:
                 w.item_id = by_sha.get(w.sha) or s.scalar(select(Item.id).where(Item.sha256 == w.sha))
@@ -409,7 +439,9 @@ class Ingestor:
                     raise IngestError(f"ingest: no item for {w.f.uri} (sha256 {w.sha})")
             if w.outcome in ("new", "known"):
                 alias_rows.append((w.item_id, w.f.uri))  # type: ignore[arg-type]
-        inserted = self._insert_aliases(s, alias_rows, careful)
+                if w.outcome == "new":
+                    fresh.add((w.item_id, w.f.uri))  # type: ignore[arg-type]
+        inserted = self._insert_aliases(s, alias_rows, fresh, careful)
         for w in todo:
             w.new_alias = w.outcome == "known" and (w.item_id, w.f.uri) in inserted
         self._upsert_rejects(s, [w for w in todo if w.reject is not None], careful)
@@ -448,15 +480,21 @@ class Ingestor:
                     raise
                 w.outcome = "known"
 
-    def _insert_aliases(self, s: Session, pairs: list[tuple[int, str]], careful: bool) -> set[tuple[int, str]]:
+    def _insert_aliases(
+        self, s: Session, pairs: list[tuple[int, str]], fresh: set[tuple[int, str]], careful: bool
+    ) -> set[tuple[int, str]]:
         """Insert the (item id, name) pairs not there yet; returns those inserted."""
         if not pairs:
             return set()
-        uris = {u for _, u in pairs}
-        have = set(
-            s.execute(select(ItemAlias.item_id, ItemAlias.source_uri).where(ItemAlias.source_uri.in_(uris)))
-            .tuples()
-            .all()
+        uris = {u for pair in pairs if pair not in fresh for u in pair[1:]}
+        have = (
+            set(
+                s.execute(select(ItemAlias.item_id, ItemAlias.source_uri).where(ItemAlias.source_uri.in_(uris)))
+                .tuples()
+                .all()
+            )
+            if uris
+            else set()
         )
         rows = []
         for item_id, uri in dict.fromkeys(pairs):

@@ -88,8 +88,11 @@ def check_jpeg(path: Path) -> None:
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
-def check_png(path: Path) -> None:
+def check_png(path: Path) -> bytes | None:
+    """Returns the eXIf chunk's payload, if any (wherever it is: Pillow only sees one before
+    the image data without decoding the whole image)."""
     data, size = _map(path)
+    exif: bytes | None = None
     try:
         if data[:8] != _PNG_SIG:
             raise StructureError("no PNG signature")
@@ -114,6 +117,8 @@ def check_png(path: Path) -> None:
                 if n == 0 and kind != b"IHDR":
                     raise StructureError("first chunk is not IHDR")
                 seen_idat = seen_idat or kind == b"IDAT"
+                if kind == b"eXIf" and exif is None:
+                    exif = bytes(view[pos + 8 : end - 4])
                 n += 1
                 pos = end
                 if kind == b"IEND":
@@ -125,6 +130,7 @@ def check_png(path: Path) -> None:
     finally:
         if isinstance(data, mmap.mmap):
             data.close()
+    return exif
 
 
 def check_webp(path: Path) -> None:

@@ -22,9 +22,10 @@ inserts. Either way no row ever points at bytes that are not there.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
+import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,12 +67,16 @@ class BatchWriter:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self._pending: list[Staged] = []
         self._pool: ThreadPoolExecutor | None = None
+        # unique per writer (pid + random token) and per file (a counter): cheaper than mkstemp's
+        # random name per file, and O_EXCL still refuses to reuse a name
+        self._prefix = f"obj-{os.getpid()}-{secrets.token_hex(4)}-"
+        self._count = itertools.count()
 
     def new_file(self) -> tuple[Staged, BinaryIO]:
         """A fresh staged file, open for writing; the caller writes and closes it."""
-        fd, tmp = tempfile.mkstemp(dir=self.staging_dir, prefix="obj-")
-        staged = Staged(Path(tmp))
-        return staged, os.fdopen(fd, "wb")
+        path = self.staging_dir / f"{self._prefix}{next(self._count)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        return Staged(path), os.fdopen(fd, "wb", buffering=0)
 
     def add(self, staged: Staged, key: str, *, content_type: str | None = None) -> None:
         """Publish ``staged`` under ``key`` at the next :meth:`commit`."""
