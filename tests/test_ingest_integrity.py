@@ -481,3 +481,29 @@ def test_second_ingest_of_an_unchanged_s3_prefix_downloads_no_object(
         assert (third.seen, third.unchanged, third.new_items, third.known) == (n + 1, n - 1, 1, n)
     finally:
         db.dispose()
+
+
+def test_cli_lists_skipped_names_and_unchanged_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from labelloop.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "LABELLOOP_HOME": str(tmp_path / "home"),
+        "LABELLOOP_DB__URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "LABELLOOP_STORAGE__ROOT": str(tmp_path / "objects"),
+    }
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(20, 10, 1))
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (src / "b.png").symlink_to(src / "a.png")
+    first = CliRunner().invoke(app, ["ingest", str(src)], env=env)
+    assert first.exit_code == 0, first.output
+    assert "1 new items" in first.output
+    assert "skipped (not files of the run): 2 (1 hidden, 1 symlink)" in first.output
+    assert f"{(src / '.DS_Store').as_uri()}\n" in first.output and (src / "b.png").as_uri() in first.output
+    again = CliRunner().invoke(app, ["ingest", str(src)], env=env)
+    assert again.exit_code == 0, again.output
+    assert "unchanged since the last ingest (not read): 1" in again.output
