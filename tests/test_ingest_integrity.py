@@ -507,3 +507,31 @@ def test_cli_lists_skipped_names_and_unchanged_files(tmp_path: Path, monkeypatch
     again = CliRunner().invoke(app, ["ingest", str(src)], env=env)
     assert again.exit_code == 0, again.output
     assert "unchanged since the last ingest (not read): 1" in again.output
+
+
+def test_probe_pool_and_duplicates_across_batches(
+    sqlite_db: Database, sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """Probing in worker processes gives the same items and rejects; bytes seen again in the next
+    batch (read while the batch before is not committed yet) are one item with two names."""
+    from labelloop.ingest.run import Ingestor
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(60):  # 000-a, 000-b, 001-a, ...: with batches of 7, every other pair straddles two
+        (src / f"{i:03d}-a.png").write_bytes(_png(16, 16, i))
+        (src / f"{i:03d}-b.png").write_bytes(_png(16, 16, i))
+    (src / "999-cut.png").write_bytes(_png(16, 16, 500)[:-12])
+    (src / "999-cut-again.png").write_bytes(_png(16, 16, 500)[:-12])
+    settings = _with(sqlite_settings, commit_every=7, probe_workers=2)
+    ing = Ingestor(sqlite_db, LocalStore(settings.storage.root), settings)
+    ing._start_pool()
+    assert ing._pool_ready.wait(120), "probe pool did not start"
+    stats = ing.run(str(src))
+    assert (stats.seen, stats.new_items, stats.known, stats.new_aliases) == (122, 60, 60, 60)
+    assert dict(stats.reject_reasons) == {"corrupt": 2}
+    assert _count(sqlite_db, Item) == 60 and _count(sqlite_db, ItemAlias) == 120
+    with sqlite_db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Reject).where(Reject.reason == "corrupt")) == 2
+    again = Ingestor(sqlite_db, LocalStore(settings.storage.root), settings).run(str(src))
+    assert (again.unchanged, again.new_items, again.known, again.rejected) == (122, 0, 120, 2)

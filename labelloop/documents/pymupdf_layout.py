@@ -75,9 +75,7 @@ class PyMuPDFLayoutAnalyzer:
         self.ocr = PageOCR(settings)
         self.layout_scores = layout_scores.install()
 
-    def analyze(
-        self, doc: pymupdf.Document, geoms: list[PageGeometry], pages: set[int] | None = None
-    ) -> LayoutResult:
+    def analyze(self, doc: pymupdf.Document, geoms: list[PageGeometry], pages: set[int] | None = None) -> LayoutResult:
         """Blocks of every page, or only of ``pages`` (the others come back empty, mode "skipped")."""
         chars = [text_layer_chars(doc[g.page]) for g in geoms]
         text_pages = [

@@ -130,6 +130,17 @@ class _Work:
     remember: bool = True
     unchanged: bool = False
     new_alias: bool = False
+    lead: _Work | None = None  # for "dup": the file with the same bytes that was probed
+
+
+@dataclass
+class _Prepared:
+    """A batch read and hashed, whose probes may still be running."""
+
+    batch: list[_Work]
+    todo: list[_Work]
+    leads: dict[str, _Work]  # sha256 -> the file whose probe decides these bytes
+    results: Iterator[Any]
 
 
 class Ingestor:
@@ -166,12 +177,17 @@ class Ingestor:
         writer = self.store.batch_writer(workdir)
         self._start_pool()
         try:
+            # a two-stage pipeline: batch k is read, hashed and handed to the probe pool while
+            # batch k-1's probes finish; then k-1 is published and committed. Reading (I/O) and
+            # probing (CPU, other processes) overlap; commits stay in order, one batch at a time.
+            prev: _Prepared | None = None
             for batch in self._batches(src, stats, limit, progress):
-                self._batch(session, writer, src, batch, stats)
-                stats.batches += 1
-                if progress:
-                    for w in batch:
-                        progress(w.f, w.outcome)
+                cur = self._prepare(session, writer, src, batch, stats, prev)
+                if prev is not None:
+                    self._finish_and_report(session, writer, prev, stats, progress)
+                prev = cur
+            if prev is not None:
+                self._finish_and_report(session, writer, prev, stats, progress)
         finally:
             writer.close()
             session.close()
@@ -210,13 +226,42 @@ class Ingestor:
 
     # ------------------------------------------------------------------ one batch
 
-    def _batch(self, s: Session, writer: BatchWriter, src: Source, batch: list[_Work], stats: IngestStats) -> None:
+    def _prepare(
+        self,
+        s: Session,
+        writer: BatchWriter,
+        src: Source,
+        batch: list[_Work],
+        stats: IngestStats,
+        prev: _Prepared | None,
+    ) -> _Prepared:
+        """Skip the unchanged, stage and hash the rest, and start probing the new contents."""
         try:
-            states = self._unchanged(s, batch)
+            self._unchanged(s, batch)
             todo = [w for w in batch if not w.unchanged]
             for w in todo:
                 self._read(writer, src, w, stats)
-            self._dedupe_and_probe(s, [w for w in todo if w.staged is not None])
+            inflight = prev.leads if prev is not None else {}
+            leads, results = self._dedupe_and_submit(s, [w for w in todo if w.staged is not None], inflight)
+        finally:
+            s.rollback()  # end the read transaction: the previous batch commits next
+            s.expunge_all()
+        return _Prepared(batch=batch, todo=todo, leads=leads, results=results)
+
+    def _finish_and_report(
+        self, s: Session, writer: BatchWriter, p: _Prepared, stats: IngestStats, progress: ProgressFn | None
+    ) -> None:
+        self._finish(s, writer, p, stats)
+        stats.batches += 1
+        if progress:
+            for w in p.batch:
+                progress(w.f, w.outcome)
+
+    def _finish(self, s: Session, writer: BatchWriter, p: _Prepared, stats: IngestStats) -> None:
+        """Collect the probes, publish the new objects durably, then commit the batch's rows."""
+        batch, todo = p.batch, p.todo
+        try:
+            self._settle_probes(p)
             for w in todo:
                 if w.staged is None:
                     continue
@@ -227,7 +272,7 @@ class Ingestor:
                     w.staged = None
             writer.commit()  # the batch's objects are durable before any row points at them
             try:
-                self._write_rows(s, todo, states, careful=False)
+                self._write_rows(s, todo, self._states(s, todo), careful=False)
                 s.commit()
             except IntegrityError:
                 # another ingest registered some of the same bytes or names meanwhile: redo the
@@ -338,46 +383,57 @@ class Ingestor:
             return
         w.staged, w.sha, w.size = staged, h.hexdigest(), size
 
-    def _dedupe_and_probe(self, s: Session, staged: list[_Work]) -> None:
-        """Known bytes become aliases; each new content is probed once, in the pool."""
+    def _dedupe_and_submit(
+        self, s: Session, staged: list[_Work], inflight: dict[str, _Work]
+    ) -> tuple[dict[str, _Work], Iterator[Any]]:
+        """Known bytes become aliases; each new content is probed once (results come lazily).
+
+        ``inflight``: the previous batch's new contents, whose rows are not committed yet; a file
+        with the same bytes here is settled by that batch's outcome.
+        """
         if not staged:
-            return
+            return {}, iter(())
         shas = {w.sha for w in staged}
         items = dict(s.execute(select(Item.sha256, Item.id).where(Item.sha256.in_(shas))).tuples().all())
-        first: dict[str, _Work] = {}
+        leads: dict[str, _Work] = {}
         to_probe: list[_Work] = []
         for w in staged:
             if w.sha in items:
                 w.outcome, w.item_id = "known", items[w.sha]
-            elif w.sha in first:
-                w.outcome = "dup"  # same bytes as an earlier file of this batch: settled below
+            elif w.sha in leads or w.sha in inflight:
+                w.outcome = "dup"  # same bytes as an earlier file: settled with it
+                w.lead = leads.get(w.sha) or inflight[w.sha]
             else:
-                first[w.sha] = w
+                leads[w.sha] = w
                 to_probe.append(w)
-        for w, res in zip(to_probe, self._probe_all([str(w.staged.path) for w in to_probe]), strict=True):  # type: ignore[union-attr]
+        return leads, zip(to_probe, self._probe_all([str(w.staged.path) for w in to_probe]), strict=True)  # type: ignore[union-attr]
+
+    def _settle_probes(self, p: _Prepared) -> None:
+        for w, res in p.results:
             if res[0] == "ok":
-                w.outcome, w.probe = "new", res[1]  # type: ignore[misc]
+                w.outcome, w.probe = "new", res[1]
             else:
-                self._set_reject(w, w.sha, w.size, Rejected(RejectReason(res[1]), res[2]))  # type: ignore[misc]
-        for w in staged:
+                self._set_reject(w, w.sha, w.size, Rejected(RejectReason(res[1]), res[2]))
+        for w in p.todo:
             if w.outcome == "dup":
-                lead = first[w.sha]
+                lead = w.lead
+                assert lead is not None
                 if lead.reject is not None:
                     self._set_reject(w, w.sha, w.size, lead.reject)
                 else:
-                    w.outcome = "known"  # an alias of the item its twin creates
+                    w.outcome = "known"  # an alias of the item its twin creates (or created)
 
-    def _probe_all(self, paths: list[str]) -> list[Any]:
+    def _probe_all(self, paths: list[str]) -> Iterator[Any]:
+        """Probe results in order: from the pool (submitted now, collected when iterated) or, while
+        the pool is starting or for a handful of files, computed here and now."""
         if self._pool_ready.is_set() and len(paths) >= POOL_MIN_FILES:
             assert self._pool is not None
             chunk = max(1, len(paths) // (self._workers * 4))
-            return list(
-                self._pool.map(
-                    probe_in_worker, paths, repeat(self._plain_limits), repeat(self.render_dpi), chunksize=chunk
-                )
+            return self._pool.map(
+                probe_in_worker, paths, repeat(self._plain_limits), repeat(self.render_dpi), chunksize=chunk
             )
         # the pool is still starting (or not wanted): probe here rather than wait for it
-        return [probe_in_worker(p, self._plain_limits, self.render_dpi) for p in paths]
+        return iter([probe_in_worker(p, self._plain_limits, self.render_dpi) for p in paths])
 
     def _start_pool(self) -> None:
         """Start the probe pool in the background; batches are probed in-process until it is up.
@@ -386,7 +442,7 @@ class Ingestor:
         threads and DB connections); only :mod:`labelloop.ingest.probe` is imported there. Where
         no pool can start (e.g. inside a daemonic process), ingest probes in-process.
         """
-        if self._workers <= 1:
+        if self._workers <= 1 or self._pool is not None:
             return
         try:
             ctx = multiprocessing.get_context("forkserver")

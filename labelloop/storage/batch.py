@@ -66,6 +66,7 @@ class BatchWriter:
         self.staging_dir = Path(staging_dir)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self._pending: list[Staged] = []
+        self._loose: dict[Path, Staged] = {}  # staged, neither added nor discarded yet
         self._pool: ThreadPoolExecutor | None = None
         # unique per writer (pid + random token) and per file (a counter): cheaper than mkstemp's
         # random name per file, and O_EXCL still refuses to reuse a name
@@ -76,14 +77,18 @@ class BatchWriter:
         """A fresh staged file, open for writing; the caller writes and closes it."""
         path = self.staging_dir / f"{self._prefix}{next(self._count)}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-        return Staged(path), os.fdopen(fd, "wb", buffering=0)
+        staged = Staged(path)
+        self._loose[path] = staged
+        return staged, os.fdopen(fd, "wb", buffering=0)
 
     def add(self, staged: Staged, key: str, *, content_type: str | None = None) -> None:
         """Publish ``staged`` under ``key`` at the next :meth:`commit`."""
         staged.key, staged.content_type = check_key(key), content_type
+        self._loose.pop(staged.path, None)
         self._pending.append(staged)
 
     def discard(self, staged: Staged) -> None:
+        self._loose.pop(staged.path, None)
         staged.path.unlink(missing_ok=True)
 
     @property
@@ -115,9 +120,9 @@ class BatchWriter:
             pass
 
     def close(self) -> None:
-        for st in self._pending:
+        for st in [*self._pending, *self._loose.values()]:
             st.path.unlink(missing_ok=True)
-        self._pending = []
+        self._pending, self._loose = [], {}
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
