@@ -153,6 +153,14 @@ _STRUCTURE_CHECKS = {
 _PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF", "image/bmp": "BMP"}
 
 
+def _check_pixels(w: int, h: int, settings: IngestSettings) -> None:
+    if w * h > settings.max_image_pixels:
+        raise Rejected(
+            RejectReason.IMAGE_TOO_LARGE,
+            f"{w}x{h} = {w * h:,} pixels exceeds the limit of {settings.max_image_pixels:,}",
+        )
+
+
 def _orientation(exif: bytes | None) -> int | None:
     if not exif:
         return None
@@ -165,26 +173,24 @@ def _probe_image(path: Path, mime: str, settings: IngestSettings) -> Probe:
     allow_pillow_limit(settings.max_image_pixels)
     check = _STRUCTURE_CHECKS.get(mime) if settings.verify == "structure" else None
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (and past 2x its own limit raises) on huge images; we apply our limit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=[_PIL_FORMATS[mime]]) as img:  # reads the header only
-                w, h = img.size
-                if w * h > settings.max_image_pixels:
-                    raise Rejected(
-                        RejectReason.IMAGE_TOO_LARGE,
-                        f"{w}x{h} = {w * h:,} pixels exceeds the limit of {settings.max_image_pixels:,}",
-                    )
-                if check is None:  # BMP (uncompressed: cheap) or verify="decode": every pixel
-                    img.load()
+        if mime == "image/png" and check is not None:
+            # the chunk walk has everything: size (IHDR), orientation (eXIf, wherever it is);
+            # Pillow's PNG getexif() would decode the whole image to look past the pixels
+            w, h, exif_chunk = structure.check_png(path)
+            _check_pixels(w, h, settings)
+            orientation = _orientation(exif_chunk)
+        else:
+            with warnings.catch_warnings():
+                # Pillow warns (and past 2x its own limit raises) on huge images; we apply our limit.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path, formats=[_PIL_FORMATS[mime]]) as img:  # reads the header only
+                    w, h = img.size
+                    _check_pixels(w, h, settings)
+                    if check is None:  # BMP (uncompressed: cheap) or verify="decode": every pixel
+                        img.load()
                     orientation = img.getexif().get(0x0112)
-                elif mime == "image/png":
-                    # Pillow's PNG getexif() decodes the whole image to look past the pixel data
-                    exif_chunk = check(path)
-                    orientation = _orientation(exif_chunk or img.info.get("exif"))
-                else:
-                    orientation = img.getexif().get(0x0112)
-                    check(path)
+                    if check is not None:
+                        check(path)
     except Rejected:
         raise
     except structure.StructureError as e:

@@ -131,6 +131,7 @@ class _Work:
     unchanged: bool = False
     new_alias: bool = False
     lead: _Work | None = None  # for "dup": the file with the same bytes that was probed
+    state_id: int | None = None  # its source_objects row, if any
 
 
 @dataclass
@@ -272,14 +273,18 @@ class Ingestor:
                     w.staged = None
             writer.commit()  # the batch's objects are durable before any row points at them
             try:
-                self._write_rows(s, todo, self._states(s, todo), careful=False)
+                self._write_rows(s, todo, careful=False)
                 s.commit()
             except IntegrityError:
                 # another ingest registered some of the same bytes or names meanwhile: redo the
                 # batch's rows one at a time, each under a savepoint
                 s.rollback()
                 self._reset(todo)
-                self._write_rows(s, todo, self._states(s, todo), careful=True)
+                # the other ingest may have recorded some of these names meanwhile
+                states = self._states(s, todo)
+                for w in todo:
+                    w.state_id = states[w.key].id if w.key in states else None
+                self._write_rows(s, todo, careful=True)
                 s.commit()
         except BaseException:
             s.rollback()
@@ -307,6 +312,7 @@ class Ingestor:
         same: list[tuple[_Work, SourceObject]] = []
         for w in batch:
             st = states.get(w.key)
+            w.state_id = st.id if st is not None else None
             if st is None or w.f.problem is not None or w.f.size is None or st.size_bytes != w.f.size:
                 continue
             if w.f.etag is not None and st.etag is not None:
@@ -476,7 +482,7 @@ class Ingestor:
 
     # ------------------------------------------------------------------ rows
 
-    def _write_rows(self, s: Session, todo: list[_Work], states: dict[str, SourceObject], *, careful: bool) -> None:
+    def _write_rows(self, s: Session, todo: list[_Work], *, careful: bool) -> None:
         """Items, aliases, rejects and source states of the batch, in the caller's transaction.
 
         ``careful=False`` writes in bulk (a few statements per batch); ``careful=True`` writes row
@@ -501,7 +507,7 @@ class Ingestor:
         for w in todo:
             w.new_alias = w.outcome == "known" and (w.item_id, w.f.uri) in inserted
         self._upsert_rejects(s, [w for w in todo if w.reject is not None], careful)
-        self._upsert_states(s, [w for w in todo if w.remember], states, careful)
+        self._upsert_states(s, [w for w in todo if w.remember], careful)
 
     def _insert_items(self, s: Session, new: list[_Work], careful: bool) -> None:
         rows = [
@@ -522,7 +528,8 @@ class Ingestor:
             for w in new
         ]
         if not careful:
-            got = dict(s.execute(insert(Item).returning(Item.sha256, Item.id), rows).tuples().all())
+            t = Item.__table__
+            got = dict(s.execute(t.insert().returning(t.c.sha256, t.c.id), rows).tuples().all())
             for w in new:
                 w.item_id = got[w.sha]
             return
@@ -560,7 +567,7 @@ class Ingestor:
         if not rows:
             return inserted
         if not careful:
-            s.execute(insert(ItemAlias), rows)
+            s.execute(ItemAlias.__table__.insert(), rows)
             return {(r["item_id"], r["source_uri"]) for r in rows}
         for row in rows:
             try:
@@ -595,7 +602,7 @@ class Ingestor:
                 s.add(row)
         s.flush()
 
-    def _upsert_states(self, s: Session, works: list[_Work], states: dict[str, SourceObject], careful: bool) -> None:
+    def _upsert_states(self, s: Session, works: list[_Work], careful: bool) -> None:
         now = utcnow()
         inserts, updates = [], []
         for w in works:
@@ -612,9 +619,8 @@ class Ingestor:
                 "limits_hash": self.limits_hash,
                 "seen_at": now,
             }
-            st = states.get(w.key)
-            if st is not None:
-                updates.append({"id": st.id, **values})
+            if w.state_id is not None:
+                updates.append({"id": w.state_id, **values})
             else:
                 inserts.append({"uri_key": w.key, **values})
         if updates:
@@ -622,7 +628,7 @@ class Ingestor:
         if not inserts:
             return
         if not careful:
-            s.execute(insert(SourceObject), list({r["uri_key"]: r for r in inserts}.values()))
+            s.execute(SourceObject.__table__.insert(), list({r["uri_key"]: r for r in inserts}.values()))
             return
         for row in {r["uri_key"]: r for r in inserts}.values():
             try:

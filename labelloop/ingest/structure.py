@@ -88,11 +88,12 @@ def check_jpeg(path: Path) -> None:
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
-def check_png(path: Path) -> bytes | None:
-    """Returns the eXIf chunk's payload, if any (wherever it is: Pillow only sees one before
-    the image data without decoding the whole image)."""
+def check_png(path: Path) -> tuple[int, int, bytes | None]:
+    """Returns (width, height) from IHDR and the eXIf chunk's payload, if any (wherever it is:
+    Pillow only sees one before the image data without decoding the whole image)."""
     data, size = _map(path)
     exif: bytes | None = None
+    width = height = 0
     try:
         if data[:8] != _PNG_SIG:
             raise StructureError("no PNG signature")
@@ -114,8 +115,10 @@ def check_png(path: Path) -> bytes | None:
                 (crc,) = struct.unpack(">I", data[end - 4 : end])
                 if zlib.crc32(view[pos + 4 : end - 4]) != crc:
                     raise StructureError(f"chunk {name} at byte {pos:,} fails its CRC check (corrupt data)")
-                if n == 0 and kind != b"IHDR":
-                    raise StructureError("first chunk is not IHDR")
+                if n == 0:
+                    if kind != b"IHDR" or length < 13:
+                        raise StructureError("first chunk is not IHDR")
+                    width, height = struct.unpack(">II", data[pos + 8 : pos + 16])
                 seen_idat = seen_idat or kind == b"IDAT"
                 if kind == b"eXIf" and exif is None:
                     exif = bytes(view[pos + 8 : end - 4])
@@ -130,7 +133,7 @@ def check_png(path: Path) -> bytes | None:
     finally:
         if isinstance(data, mmap.mmap):
             data.close()
-    return exif
+    return width, height, exif
 
 
 def check_webp(path: Path) -> None:
