@@ -20,6 +20,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -119,9 +120,9 @@ def _check_every_row_has_its_bytes(db: Database, store: LocalStore) -> int:
 
 def test_kill_9_mid_ingest_then_rerun_gives_exact_counts_and_every_rows_bytes(tmp_path: Path) -> None:
     src = tmp_path / "inbox"
-    n_good = 2400
+    n_good = 1200
     for i in range(n_good):
-        sub = src / f"{i // 400:02d}"
+        sub = src / f"{i // 300:02d}"
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"p{i:05d}.png").write_bytes(_png(24 + i % 7, 16, i))
     # five copies of earlier files under other names, and six bad files
@@ -147,7 +148,7 @@ def test_kill_9_mid_ingest_then_rerun_gives_exact_counts_and_every_rows_bytes(tm
         "LABELLOOP_HOME": str(home),
         "LABELLOOP_DB__URL": f"sqlite:///{db_path}",
         "LABELLOOP_STORAGE__ROOT": str(home / "objects"),
-        "LABELLOOP_INGEST__COMMIT_EVERY": "40",
+        "LABELLOOP_INGEST__COMMIT_EVERY": "30",
     }
     cmd = [_labelloop_cli(), "ingest", str(src), "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -449,9 +450,13 @@ def test_second_ingest_of_an_unchanged_s3_prefix_downloads_no_object(
     client = Minio(endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1")
     client.make_bucket(s3.bucket)
     n = 2000
-    for i in range(n):
+
+    def put(i: int) -> None:
         data = _png(8, 8, i)
         client.put_object(s3.bucket, f"nightly/{i // 500}/img{i:05d}.png", io.BytesIO(data), len(data))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(n)))
     settings = sqlite_settings.model_copy(update={"storage": s3})
     db = Database(settings.db)
     db.upgrade()
@@ -535,3 +540,32 @@ def test_probe_pool_and_duplicates_across_batches(
         assert s.scalar(select(func.count()).select_from(Reject).where(Reject.reason == "corrupt")) == 2
     again = Ingestor(sqlite_db, LocalStore(settings.storage.root), settings).run(str(src))
     assert (again.unchanged, again.new_items, again.known, again.rejected) == (122, 0, 120, 2)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_batch_writer_publishes_on_commit_and_leaves_nothing_staged(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = LocalStore(tmp_path / "objects") if kind == "local" else request.getfixturevalue("s3_store")
+    staging = tmp_path / "staging"
+    with store.batch_writer(staging) as w:
+        kept, out = w.new_file()
+        with out:
+            out.write(b"kept bytes")
+        dropped, out = w.new_file()
+        with out:
+            out.write(b"dropped")
+        loose, out = w.new_file()
+        with out:
+            out.write(b"never added")
+        w.add(kept, "raw/ab/kept.bin", content_type="application/octet-stream")
+        w.discard(dropped)
+        assert not store.exists("raw/ab/kept.bin")  # nothing is visible before commit
+        w.commit()
+        assert store.get("raw/ab/kept.bin") == b"kept bytes"
+        assert not kept.path.exists() and not dropped.path.exists() and loose.path.exists()
+    assert not loose.path.exists()  # close() removes what was staged and never added
+    if kind == "local":
+        assert [o.key for o in store.list("")] == ["raw/ab/kept.bin"]  # .tmp-staging is not listed
+    else:
+        assert list(staging.iterdir()) == []

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: staged files older than this are leftovers of a killed run (a batch commits within minutes)
+STALE_STAGED_S = 6 * 3600
+
 #: threads that fsync (local) or upload (S3) at commit; fsync and socket I/O release the GIL
 COMMIT_THREADS = 8
 
@@ -65,6 +68,16 @@ class BatchWriter:
         self.store = store
         self.staging_dir = Path(staging_dir)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+        # a kill -9 leaves its staged files behind; other runs may be staging right now, so only
+        # files nobody has touched for hours go
+        now = time.time()
+        with os.scandir(self.staging_dir) as it:
+            for e in it:
+                try:
+                    if e.name.startswith("obj-") and now - e.stat().st_mtime > STALE_STAGED_S:
+                        os.unlink(e.path)
+                except OSError:
+                    pass
         self._pending: list[Staged] = []
         self._loose: dict[Path, Staged] = {}  # staged, neither added nor discarded yet
         self._pool: ThreadPoolExecutor | None = None
@@ -134,27 +147,10 @@ class BatchWriter:
         self.close()
 
 
-#: staged files older than this are leftovers of a killed run (a batch commits within minutes)
-STALE_STAGED_S = 6 * 3600
-
-
 class LocalBatchWriter(BatchWriter):
     """fsync staged files together, rename them into place, fsync the folders that changed."""
 
     store: LocalStore
-
-    def __init__(self, store: ObjectStore, staging_dir: Path) -> None:
-        super().__init__(store, staging_dir)
-        # a kill -9 leaves its staged files behind; other runs may be staging right now, so only
-        # files nobody has touched for hours go
-        now = time.time()
-        with os.scandir(self.staging_dir) as it:
-            for e in it:
-                try:
-                    if e.name.startswith("obj-") and now - e.stat().st_mtime > STALE_STAGED_S:
-                        os.unlink(e.path)
-                except OSError:
-                    pass
 
     def _publish(self, batch: list[Staged]) -> None:
         # data first: a published name must never point at bytes that are not on disk yet
