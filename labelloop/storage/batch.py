@@ -152,23 +152,29 @@ class LocalBatchWriter(BatchWriter):
 
     store: LocalStore
 
+    def __init__(self, store: ObjectStore, staging_dir: Path) -> None:
+        super().__init__(store, staging_dir)
+        self._made: set[Path] = set()  # folders known to exist (a stat per object saved)
+
     def _publish(self, batch: list[Staged]) -> None:
         # data first: a published name must never point at bytes that are not on disk yet
         # (another run may have committed a row for the same content, whose file we replace)
         if not _syncfs(self.staging_dir):
             self._map(_fsync_path, batch)
         dirs: set[Path] = set()
+        root = self.store.root
         for st in batch:
             assert st.key is not None
-            dest = self.store._path(st.key)
+            dest = root / st.key  # checked by add()
             parent = dest.parent
-            if not parent.is_dir():
+            if parent not in self._made and not parent.is_dir():
                 # new folders must be made durable in their own parents, up to one that existed
                 p = parent
                 while not p.exists():
                     dirs.add(p.parent)
                     p = p.parent
                 parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(parent)  # folders are never removed under a running ingest
             os.replace(st.path, dest)
             dirs.add(parent)
         # then the names; every fsync is done before commit() returns, which is all the caller
