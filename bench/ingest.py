@@ -1,6 +1,6 @@
 """Ingest throughput and memory on small PNGs and on real-size photos, in one run (on demand, not CI).
 
-    .venv/bin/python bench/ingest.py [--files 10000] [--photos 240]
+    .venv/bin/python bench/ingest.py [--files 10000] [--photos 240] [--rounds 3]
 
 Two corpora, generated here:
 
@@ -14,7 +14,8 @@ Two corpora, generated here:
 For each corpus the baseline is the least work any ingest must do, measured in the same run on
 the same files and on equal footing (its own child process, the same warm page cache): read each
 file, sha256 it, copy it into a content-addressed folder. It is timed before and after labelloop's
-ingest and averaged, so load drifting on a shared machine hits both sides. labelloop's ingest runs
+ingest and averaged, so load drifting on a shared machine hits both sides; ``--rounds`` such rounds
+are run and the median ratio reported (files/s figures are medians too). labelloop's ingest runs
 in a child process too (fresh SQLite DB and object folder, each time), with its timing taken
 inside ``ingest()`` (process start and the DB migration are not counted; the probe pool's start
 is). The baseline writes to the page cache only; labelloop's objects are durable (flushed to disk)
@@ -37,6 +38,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -170,18 +172,31 @@ def run_ingest(src: Path, scratch: Path, limit: int) -> dict[str, float]:
     return res
 
 
-def measure(src: Path, scratch: Path, n: int) -> tuple[float, float, dict[str, float]]:
-    """(labelloop files/s, baseline files/s averaged around it, the ingest figures)."""
-    before = run_baseline(src, scratch)
-    res = run_ingest(src, scratch, n)
-    after = run_baseline(src, scratch)
-    return res["files"] / res["seconds"], (before + after) / 2, res
+def measure(src: Path, scratch: Path, n: int, rounds: int) -> tuple[float, float, float, dict[str, float]]:
+    """(median ratio, labelloop files/s, baseline files/s, the last ingest's figures).
+
+    Each round times the baseline right before and right after one labelloop ingest and takes
+    labelloop / mean(baseline); the median over rounds is the ratio. On a shared machine the load
+    moves by a factor of several within minutes, and this keeps both sides in the same minute.
+    """
+    ratios, rates, bases = [], [], []
+    res: dict[str, float] = {}
+    for _ in range(rounds):
+        before = run_baseline(src, scratch)
+        res = run_ingest(src, scratch, n)
+        after = run_baseline(src, scratch)
+        rate, base = res["files"] / res["seconds"], (before + after) / 2
+        ratios.append(rate / base)
+        rates.append(rate)
+        bases.append(base)
+    return statistics.median(ratios), statistics.median(rates), statistics.median(bases), res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--photos", type=int, default=240)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", nargs=3)
     ap.add_argument("--baseline", nargs=2)
     args = ap.parse_args()
@@ -196,15 +211,14 @@ def main() -> None:
         print(f"generating {args.files} PNGs and {args.photos} photos ...", flush=True)
         make_pngs(scratch / "small", args.files)
         photo_bytes = make_photos(scratch / "photos", args.photos)
-        small_rate, small_base, small = measure(scratch / "small", scratch, args.files)
+        small_ratio, small_rate, small_base, small = measure(scratch / "small", scratch, args.files, args.rounds)
         tenth = run_ingest(scratch / "small", scratch, max(1, args.files // 10))
-        photo_rate, photo_base, _photo = measure(scratch / "photos", scratch, args.photos)
+        photo_ratio, photo_rate, photo_base, _photo = measure(scratch / "photos", scratch, args.photos, args.rounds)
     mb = photo_bytes / 1e6
-    ratio = small_rate / small_base
-    print(f"small PNGs: labelloop {small_rate:8.0f} files/s, baseline {small_base:8.0f} = {ratio:.2f}")
+    print(f"small PNGs: labelloop {small_rate:8.0f} files/s, baseline {small_base:8.0f}, ratio {small_ratio:.2f}")
     print(
         f"photos ({mb / args.photos:.1f} MB avg): labelloop {photo_rate:6.1f} files/s "
-        f"({photo_rate * mb / args.photos:.0f} MB/s), baseline {photo_base:6.1f} = {photo_rate / photo_base:.2f}"
+        f"({photo_rate * mb / args.photos:.0f} MB/s), baseline {photo_base:6.1f}, ratio {photo_ratio:.2f}"
     )
     print(
         f"peak RSS: {tenth['peak_rss_mb']:.0f} MB at {tenth['files']} files, {small['peak_rss_mb']:.0f} MB at "
@@ -213,8 +227,8 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "small_ratio": round(small_rate / small_base, 3),
-                "photo_ratio": round(photo_rate / photo_base, 3),
+                "small_ratio": round(small_ratio, 3),
+                "photo_ratio": round(photo_ratio, 3),
                 "rss_growth": round(small["peak_rss_mb"] / tenth["peak_rss_mb"], 3),
                 "small_files": args.files,
                 "small_files_per_s": round(small_rate, 1),
@@ -225,7 +239,9 @@ def main() -> None:
                 "photo_baseline_files_per_s": round(photo_base, 2),
                 "peak_rss_mb_tenth": round(tenth["peak_rss_mb"], 1),
                 "peak_rss_mb_full": round(small["peak_rss_mb"], 1),
+                "rounds": args.rounds,
                 "cores": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
             }
         )
     )
