@@ -102,6 +102,17 @@ class IngestSettings(_Section):
         description="Images with more pixels (width*height) are rejected as decompression bombs.",
     )
     max_pdf_pages: int = Field(500, ge=1, description="PDFs with more pages are rejected.")
+    max_page_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="PDFs with a page of more pixels than this at documents.render_dpi are rejected "
+        "(A0 at 144 DPI is 32 MP; the largest page PDF allows, 14,400 pt square, is 829 MP there).",
+    )
+    verify: Literal["structure", "decode"] = Field(
+        "structure",
+        description="How images are checked at ingest: 'structure' finds truncation and corruption from the "
+        "container (JPEG markers, PNG chunk CRCs, ...) at disk speed; 'decode' decodes every pixel.",
+    )
     max_file_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Files larger than this are rejected without reading."
     )
@@ -109,7 +120,21 @@ class IngestSettings(_Section):
     max_video_pixels: int = Field(
         3840 * 2160, ge=1, description="Videos whose frames have more pixels (after rotation) are rejected."
     )
-    commit_every: int = Field(200, ge=1, description="Items per database transaction during ingest.")
+    commit_every: int = Field(
+        200,
+        ge=1,
+        description="Files per ingest batch: their objects are made durable together, then their rows committed "
+        "in one transaction (a crash loses at most one batch, which the rerun redoes).",
+    )
+    batch_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="An ingest batch also ends once it has staged this many bytes."
+    )
+    probe_workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that probe files in parallel during ingest; 0 = one per core, 1 = in the ingest "
+        "process itself.",
+    )
     office: bool = Field(
         True,
         description="Ingest office and web documents (DOCX, PPTX, XLSX, ODT/ODS/ODP, EPUB, HTML) "

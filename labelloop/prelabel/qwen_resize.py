@@ -205,6 +205,11 @@ def _probe(
 ) -> tuple[Image.Image, int, ResizePlan, PreparedImage | None]:
     """(opened image, EXIF orientation, plan, the image as is when it needs nothing): a header read."""
     head = Image.open(io.BytesIO(data))
+    if head.format == "PNG":
+        # Pillow's PNG getexif() decodes the whole image (an eXIf chunk may follow the pixels),
+        # and _orientation swallows its errors: a broken pixel stream then loaded as a black
+        # image and went to the model. Decode here, so the error fails the item by name.
+        head.load()
     orientation = _orientation(head)
     swapped = orientation in (5, 6, 7, 8)  # rotated by 90 degrees: width and height trade places
     width, height = (head.height, head.width) if swapped else head.size

@@ -15,7 +15,10 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from labelloop.storage.batch import BatchWriter
 
 _BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|\\|//")
 
@@ -92,6 +95,13 @@ class ObjectStore(abc.ABC):
     def local_path(self, key: str) -> Path | None:
         """The object's path on this machine, when the store is a local folder."""
         return None
+
+    def batch_writer(self, workdir: Path) -> BatchWriter:
+        """A writer that stages objects and makes a whole batch durable at once (see
+        :mod:`labelloop.storage.batch`); ``workdir`` is a local folder for staged files."""
+        from labelloop.storage.batch import BatchWriter
+
+        return BatchWriter(self, workdir)
 
     def put_text(self, key: str, text: str, content_type: str = "text/plain; charset=utf-8") -> ObjectInfo:
         return self.put(key, text.encode("utf-8"), content_type=content_type)

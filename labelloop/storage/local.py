@@ -9,9 +9,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from labelloop.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, check_key
+
+if TYPE_CHECKING:
+    from labelloop.storage.batch import LocalBatchWriter
 
 
 class LocalStore(ObjectStore):
@@ -118,3 +121,10 @@ class LocalStore(ObjectStore):
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def batch_writer(self, workdir: Path | None = None) -> LocalBatchWriter:
+        """Staged in the store's own ``.tmp-staging`` folder (same filesystem: publishing is a
+        rename); ``workdir`` is ignored. ``list`` never shows ``.tmp-*`` names."""
+        from labelloop.storage.batch import LocalBatchWriter
+
+        return LocalBatchWriter(self, self.root / ".tmp-staging")
