@@ -225,7 +225,17 @@ class DocumentSettings(BaseModel):
 class LabelStudioSettings(BaseModel):
     url: str = Field("http://127.0.0.1:8080", description="Label Studio base URL.")
     token: SecretStr = Field(SecretStr(""), description="Legacy API token or personal access token (JWT).")
-    import_chunk: int = Field(500, ge=1, description="Tasks per bulk import request.")
+    import_chunk: int = Field(
+        1000,
+        ge=1,
+        description="Tasks per bulk import request (a chunk larger than import_max_bytes goes in several).",
+    )
+    import_max_bytes: int = Field(
+        50_000_000,
+        ge=1_000,
+        description="Largest import request body; Label Studio refuses more than 250 MB "
+        "(DATA_UPLOAD_MAX_MEMORY_SIZE) and holds a request's tasks in memory several times over.",
+    )
     project_prefix: str = Field("labelloop", description="Prefix of the project titles we create.")
     media_mode: Literal["local", "s3", "presigned"] = Field(
         "local",
