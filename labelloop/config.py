@@ -260,8 +260,10 @@ class LabelStudioSettings(BaseModel):
     sync_overlap_s: float = Field(
         5.0,
         ge=0,
-        description="The sync re-reads this many seconds before its watermark (clock skew, "
-        "transactions committing out of order); re-read annotations are deduplicated.",
+        description="Longest a Label Studio write may take from stamping a task's updated_at to "
+        "committing it (clock skew between its workers included): the sync re-reads what was stamped "
+        "within this long before its previous read, by the server's clock; re-read annotations are "
+        "deduplicated.",
     )
 
 

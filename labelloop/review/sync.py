@@ -1,12 +1,21 @@
 """Bring reviewed work back from Label Studio: annotations, the correction log, curated records.
 
 Incremental by the tasks' ``updated_at`` (Label Studio bumps it whenever an annotation on the task
-is created or updated). The watermark lives in ``sync_state`` and is written in the same
-transaction as the page of annotations it covers, so it can never run ahead of what was stored.
-Each run re-reads ``sync_overlap_s`` before the watermark (a task saved with an earlier timestamp
-can commit after a later one), and pages by keyset (``updated_at >= cursor``) rather than by page
-number, so tasks that change while we page cannot shift a page and be skipped. Re-read annotations
-are recognised by (Label Studio annotation id, its ``updated_at``) and skipped.
+is created or updated). Pages are read by keyset (``updated_at >= cursor``, ordered by it) rather
+than by page number, so tasks that change while we page cannot shift a page and be skipped, and
+as plain JSON through the SDK's HTTP client (its models cost more than Label Studio's own work);
+the next page is read while this one is written. Two positions live in ``sync_state``, written in
+the same transaction as the page of annotations they cover, so neither runs ahead of what was
+stored: the *watermark* (the newest task ``updated_at`` read; ``labelloop status``, the sensor)
+and the *cursor* (``detail.cursor``: every task stamped before it has been read), where the next
+sync starts. A stamp is taken before its transaction commits, so a task stamped just before a
+read can commit just after it: the cursor follows the server's clock (each page's ``Date`` header
+less the request time) and stays ``sync_overlap_s`` behind the read time where that is earlier
+than the newest task (:class:`Settled`). A sync long after the last edit thus leaves the cursor
+past every task and the next sync with nothing new reads one empty page; a sync during review
+re-reads only the last ``sync_overlap_s`` seconds, and an annotation stamped at the watermark's
+very timestamp is never missed (``>=``). Re-read annotations are recognised by (Label Studio
+annotation id, its ``updated_at``) and skipped.
 
 Per task the newest annotation wins (history kept, older versions ``is_latest = False``):
 
@@ -22,7 +31,8 @@ Per task the newest annotation wins (history kept, older versions ``is_latest = 
   not final (skipped, pending): the unreviewed pages are model output, and export leaves the
   document out until every page is reviewed.
 
-Tasks deleted in Label Studio are found by comparing the project's task ids with ours.
+Tasks deleted in Label Studio are found by comparing the project's task ids with ours, read only
+when one count (tasks with an external id) disagrees with our live rows (:func:`mark_deleted`).
 """
 
 from __future__ import annotations
