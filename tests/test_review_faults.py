@@ -1,10 +1,10 @@
 """Label Studio stopped in the middle of an import, then started again (issue 11).
 
 A server of this test's own (the session's shared one cannot be stopped): 1,000 pending rows in
-chunks of 250; the server is killed (SIGKILL of its process group) while the second chunk is in
-its hands. The import fails with an error naming the URL and the step; after a restart on the
-same data directory, a rerun leaves exactly 1,000 tasks, one per row, whether Label Studio had
-committed that chunk before it died or not.
+chunks of 125 (the ramp's first), then 250; the server is killed (SIGKILL of its process group)
+while the second chunk is in its hands. The import fails with an error naming the URL and the
+step; after a restart on the same data directory, a rerun leaves exactly 1,000 tasks, one per
+row, whether Label Studio had committed that chunk before it died or not.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_label_studio_killed_mid_import_fails_naming_url_and_step_then_a_rerun_c
     assert "import 250 tasks into project" in message or "unreachable" in message, message
     with db.session() as s:
         rows = list(s.scalars(select(ReviewTask).order_by(ReviewTask.id)))
-    assert sum(r.status == "imported" for r in rows) == 250  # only the first chunk was committed
+    assert sum(r.status == "imported" for r in rows) == 125  # only the first chunk (the ramp's 125) committed
     pid = next(r.ls_project_id for r in rows if r.ls_project_id)
 
     # the rerun while the server is still down fails the same way, and changes nothing
@@ -112,7 +112,7 @@ def test_label_studio_killed_mid_import_fails_naming_url_and_step_then_a_rerun_c
     own_server.proc.wait(10)  # type: ignore[union-attr]
     own_server.start(timeout=300)  # same data directory, same port, same token
     stats = import_pending(db, make_client(own_server.url, own_server.token), settings, VEHICLE, config, store)
-    assert stats.pending == 750 and stats.imported + stats.already_there == 750
+    assert stats.pending == 875 and stats.imported + stats.already_there == 875
     # Label Studio creates a chunk's tasks and predictions in one transaction (tasks/serializers.py):
     # the killed chunk is there whole (found by the read above our newest stored id) or not at all
     assert stats.already_there in (0, 250), stats.as_dict()

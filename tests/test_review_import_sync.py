@@ -88,7 +88,8 @@ def test_thousand_tasks_import_once_lowest_confidence_first(
     assert routed.review == 1000
 
     stats = _import(settings, db, ls, store)
-    assert (stats.pending, stats.imported, stats.already_there, stats.chunks, stats.lookups) == (1000, 1000, 0, 4, 1)
+    # chunks ramp up from 125, doubling, to import_chunk=250: 125 + 250 + 250 + 250 + 125
+    assert (stats.pending, stats.imported, stats.already_there, stats.chunks, stats.lookups) == (1000, 1000, 0, 5, 1)
     pid = stats.project_id
     assert _ls_task_count(ls, pid) == 1000
     rows = _review_tasks(db)
@@ -143,14 +144,15 @@ def test_crash_after_label_studio_accepted_a_chunk_then_rerun(
     with pytest.raises(RuntimeError, match="worker killed"):
         _import(settings, db, ls, store)
     rows = _review_tasks(db)
-    assert sum(r.status == "imported" for r in rows) == 300  # only the first chunk was committed
+    # chunks of 125 (the ramp's first) then 300: only the first was committed ...
+    assert sum(r.status == "imported" for r in rows) == 125
     pid = rows[0].ls_project_id
-    assert _ls_task_count(ls, pid) == 600  # ... but Label Studio holds two chunks
+    assert _ls_task_count(ls, pid) == 125 + 250  # ... but Label Studio holds two chunks
 
     monkeypatch.setattr(importer, "request", real)
     stats = _import(settings, db, ls, store)
     # the crashed chunk is found by one read of the tasks above the newest id we stored
-    assert (stats.pending, stats.already_there, stats.imported, stats.lookups) == (700, 300, 400, 1)
+    assert (stats.pending, stats.already_there, stats.imported, stats.lookups) == (875, 250, 625, 1)
     assert _ls_task_count(ls, pid) == 1000
     rows = _review_tasks(db)
     assert {r.status for r in rows} == {"imported"} and len({r.ls_task_id for r in rows}) == 1000

@@ -38,10 +38,9 @@ from typing import Any
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import selectinload
 
 from labelloop.config import Settings
-from labelloop.db import Database, Item, Prediction, ReviewTask
+from labelloop.db import Database, Item, ItemAlias, Prediction, ReviewTask
 from labelloop.db.locks import exclusive
 from labelloop.db.types import utcnow
 from labelloop.prelabel.ensemble import hint_text
@@ -81,6 +80,10 @@ class ImportStats:
             "lookups": self.lookups,
             "seconds": round(self.seconds, 3),
         }
+
+
+#: size of a run's first chunk; the next ones double up to ``label_studio.import_chunk``
+FIRST_CHUNK = 125
 
 
 # --------------------------------------------------------------------------- task payloads
@@ -125,12 +128,31 @@ def field_scores(spec: TaskSpec, pred: Prediction) -> dict[str, Any]:
     return out
 
 
+def _name_of(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
 def original_name(item: Item) -> str:
     """The file name the item first arrived under (content is stored by hash; people know names)."""
     if not item.aliases:
         return item.sha256[:12]
     first = min(item.aliases, key=lambda a: (a.first_seen_at, a.id))
-    return first.source_uri.rstrip("/").rsplit("/", 1)[-1]
+    return _name_of(first.source_uri)
+
+
+def original_names(s: Any, items: list[Item]) -> dict[int, str]:
+    """:func:`original_name` of many items in one query on ``item_aliases`` (a chunk's worth;
+    cheaper than loading the relationship into every item)."""
+    first: dict[int, tuple[Any, int, str]] = {}
+    ids = [it.id for it in items]
+    for item_id, alias_id, seen, uri in s.execute(
+        select(ItemAlias.item_id, ItemAlias.id, ItemAlias.first_seen_at, ItemAlias.source_uri).where(
+            ItemAlias.item_id.in_(ids)
+        )
+    ):
+        if item_id not in first or (seen, alias_id) < first[item_id][:2]:
+            first[item_id] = (seen, alias_id, uri)
+    return {it.id: _name_of(first[it.id][2]) if it.id in first else it.sha256[:12] for it in items}
 
 
 def unsure_fields(spec: TaskSpec, rt: ReviewTask) -> list[str]:
@@ -153,15 +175,22 @@ def unsure_fields(spec: TaskSpec, rt: ReviewTask) -> list[str]:
 
 
 def build_task(
-    spec: TaskSpec, rt: ReviewTask, pred: Prediction, item: Item, media: MediaLinker
+    spec: TaskSpec,
+    rt: ReviewTask,
+    pred: Prediction,
+    item: Item,
+    media: MediaLinker,
+    *,
+    file_name: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, set[str]]]:
-    """The Label Studio task for one review task, and the object labels its prediction uses."""
+    """The Label Studio task for one review task, and the object labels its prediction uses
+    (``file_name``: the item's :func:`original_name`, when the caller has it already)."""
     key = media_key(spec, item, pred, rt.page)
     data: dict[str, Any] = {
         "image": media.url(key),
         "external_id": rt.external_id,
         "item": item.sha256,
-        "file_name": original_name(item),
+        "file_name": file_name if file_name is not None else original_name(item),
         "unsure": ", ".join(unsure_fields(spec, rt)),
     }
     if spec.media == "document":
@@ -320,10 +349,11 @@ class _Chunk:
     ids: dict[str, int] = field(default_factory=dict)
 
 
-def _build_chunk(spec: TaskSpec, rows: list[tuple[ReviewTask, Prediction, Item]], media: MediaLinker) -> _Chunk:
+def _build_chunk(s: Any, spec: TaskSpec, rows: list[tuple[ReviewTask, Prediction, Item]], media: MediaLinker) -> _Chunk:
     chunk = _Chunk(rows=[], tasks={}, wanted={}, keys=[])
+    names = original_names(s, [item for _rt, _p, item in rows])
     for rt, pred, item in rows:
-        task, wanted = build_task(spec, rt, pred, item, media)
+        task, wanted = build_task(spec, rt, pred, item, media, file_name=names[item.id])
         chunk.tasks[rt.external_id] = task
         chunk.rows.append((rt.id, rt.external_id, pred.model_version))
         chunk.keys.append(media_key(spec, item, pred, rt.page))
@@ -340,7 +370,6 @@ def _pending(spec: TaskSpec, after_id: int, limit: int) -> Any:
         .where(ReviewTask.spec == spec.name, ReviewTask.status == STATUS_PENDING, ReviewTask.id > after_id)
         .order_by(ReviewTask.id)
         .limit(limit)
-        .options(selectinload(Item.aliases))  # original_name() for a chunk in one query
     )
 
 
@@ -435,12 +464,15 @@ def _import_pending(
         while True:
             built: _Chunk | None = None
             if limit is None or stats.pending < limit:
-                size = size_max if limit is None else min(size_max, limit - stats.pending)
+                # the first chunks ramp up (FIRST_CHUNK, doubling): the pipeline starts working
+                # after a small build instead of a full chunk's
+                size = min(size_max, FIRST_CHUNK << min(stats.chunks + (inflight is not None), 20))
+                size = size if limit is None else min(size, limit - stats.pending)
                 with db.session() as s:
                     rows = [tuple(r) for r in s.execute(_pending(spec, last_id, size))]
                     if rows:
                         last_id = rows[-1][0].id
-                        built = _build_chunk(spec, rows, media)  # type: ignore[arg-type]
+                        built = _build_chunk(s, spec, rows, media)  # type: ignore[arg-type]
             if inflight is not None:
                 done, fut = inflight
                 if fut is not None:
