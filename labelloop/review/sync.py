@@ -51,7 +51,7 @@ from typing import Any
 from jsonschema.validators import validator_for
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
@@ -667,25 +667,21 @@ def mark_deleted(db: Database, ls: LabelStudio, project_id: int) -> int:
     another of ours made in the same project) and nothing more is read; otherwise every task id
     of the project is read and compared.
     """
+    live_states = (STATUS_IMPORTED, STATUS_COMPLETED, STATUS_SKIPPED)
+    mine = (ReviewTask.ls_project_id == project_id, ReviewTask.status.in_(live_states))
     with db.session() as s:
-        rows = list(
-            s.scalars(
-                select(ReviewTask).where(
-                    ReviewTask.ls_project_id == project_id,
-                    ReviewTask.status.in_((STATUS_IMPORTED, STATUS_COMPLETED, STATUS_SKIPPED)),
-                )
-            )
-        )
-        ours = _count_tasks(
-            ls,
-            project_id,
-            f"count tasks with an external id in project {project_id}",
-            [Filters.item(Column.data("external_id"), Operator.EMPTY, Type.String, False)],
-        )
-        if ours == len(rows):
-            return 0
-        live = live_task_ids(ls, project_id)
-        gone = [rt for rt in rows if rt.ls_task_id not in live]
+        ours = int(s.scalar(select(func.count(ReviewTask.id)).where(*mine)) or 0)
+    there = _count_tasks(
+        ls,
+        project_id,
+        f"count tasks with an external id in project {project_id}",
+        [Filters.item(Column.data("external_id"), Operator.EMPTY, Type.String, False)],
+    )
+    if there == ours:
+        return 0
+    live = live_task_ids(ls, project_id)
+    with db.session() as s:
+        gone = [rt for rt in s.scalars(select(ReviewTask).where(*mine)) if rt.ls_task_id not in live]
         for rt in gone:
             rt.status = STATUS_DELETED
         s.commit()
