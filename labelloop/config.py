@@ -316,7 +316,17 @@ class DocumentSettings(_Section):
 class LabelStudioSettings(_Section):
     url: str = Field("http://127.0.0.1:8080", description="Label Studio base URL.")
     token: SecretStr = Field(SecretStr(""), description="Legacy API token or personal access token (JWT).")
-    import_chunk: int = Field(500, ge=1, description="Tasks per bulk import request.")
+    import_chunk: int = Field(
+        1000,
+        ge=1,
+        description="Tasks per bulk import request (a chunk larger than import_max_bytes goes in several).",
+    )
+    import_max_bytes: int = Field(
+        50_000_000,
+        ge=1_000,
+        description="Largest import request body; Label Studio refuses more than 250 MB "
+        "(DATA_UPLOAD_MAX_MEMORY_SIZE) and holds a request's tasks in memory several times over.",
+    )
     project_prefix: str = Field("labelloop", description="Prefix of the project titles we create.")
     media_mode: Literal["local", "s3", "presigned"] = Field(
         "local",
@@ -347,8 +357,10 @@ class LabelStudioSettings(_Section):
     sync_overlap_s: float = Field(
         5.0,
         ge=0,
-        description="The sync re-reads this many seconds before its watermark (clock skew, "
-        "transactions committing out of order); re-read annotations are deduplicated.",
+        description="Longest a Label Studio write may take from stamping a task's updated_at to "
+        "committing it (clock skew between its workers included): the sync re-reads what was stamped "
+        "within this long before its previous read, by the server's clock; re-read annotations are "
+        "deduplicated.",
     )
 
 
