@@ -41,13 +41,16 @@ class Problem:
 class ExportCheckError(RuntimeError):
     """The version is broken and was not published; ``problems`` says which records broke it."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], total: int | None = None) -> None:
         self.problems = list(problems)
+        #: every problem counted; ``problems`` keeps the first ones (a bounded list)
+        self.total = max(total or 0, len(self.problems))
         self.record_ids = sorted({p.record_id for p in self.problems})
         listed = "\n".join(f"  {p}" for p in self.problems[:MAX_LISTED])
-        more = len(self.problems) - MAX_LISTED
+        more = self.total - min(len(self.problems), MAX_LISTED)
+        records = f"{len(self.record_ids)} record(s)" + ("" if self.total == len(self.problems) else " or more")
         super().__init__(
-            f"export refused: {len(self.problems)} problem(s) in {len(self.record_ids)} record(s) "
+            f"export refused: {self.total} problem(s) in {records} "
             f"{self.record_ids[:MAX_LISTED]}\n{listed}" + (f"\n  ... and {more} more" if more > 0 else "")
         )
 

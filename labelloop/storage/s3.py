@@ -121,6 +121,17 @@ class S3Store(ObjectStore):
                 continue
             yield ObjectInfo(key=obj.object_name or "", size=obj.size or 0, modified=obj.last_modified, etag=obj.etag)
 
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        """A server-side copy (``CopyObject``): the bytes never pass through this process."""
+        from minio.commonconfig import CopySource
+
+        self.ensure_bucket()
+        try:
+            self.client.copy_object(self.bucket, check_key(dst), CopySource(self.bucket, check_key(src)))
+        except S3Error as e:
+            raise self._translate(e, src) from e
+        return self.stat(dst)
+
     def delete(self, key: str) -> None:
         self.ensure_bucket()
         try:
