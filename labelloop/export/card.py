@@ -274,15 +274,26 @@ def render_card(
         "",
         "## Files and how to train",
         "",
+        "Image paths in every annotation file are relative to this folder"
+        + (
+            ": `../images/<sha256>.<ext>`, the spec's image pool beside the versions (written once per "
+            "image, never changed, shared by every version). Keep this folder inside its spec folder, "
+            "or copy it with `labelloop` (materialize), which brings the pool along."
+            if meta.get("image_layout", "pool") == "pool"
+            else ": `images/<sha256>.<ext>` in this folder (hard links or server-side copies of the pool)."
+        ),
+        "",
         "- `qwen_train.json`, `qwen_val.json`: qwen-vl-finetune (`image` + `conversations`). Register "
         '`{"annotation_path": "<this folder>/qwen_train.json", "data_path": "<this folder>"}` in '
-        "`qwenvl/data/__init__.py` (`data_dict`), or let labelloop's training DAG do it.",
+        "`qwenvl/data/__init__.py` (`data_dict`), or let labelloop's training DAG do it; the trainer "
+        "joins `data_path` and the image path.",
         "- `llamafactory_train.json`, `llamafactory_val.json`, `dataset_info.json`: LLaMA-Factory "
-        "ShareGPT; use this folder as `dataset_dir`.",
-        "- `swift_train.jsonl`, `swift_val.jsonl`: ms-swift; run from this folder (image paths are "
-        "relative) with `QWENVL_BBOX_FORMAT=new`, which renders `<bbox>` as `[x1, y1, x2, y2]`.",
+        "ShareGPT; use this folder as `dataset_dir` (its default `media_dir`, joined with each path).",
+        "- `swift_train.jsonl`, `swift_val.jsonl`: ms-swift; run from this folder (relative image paths "
+        "resolve against the working directory) with `QWENVL_BBOX_FORMAT=new`, which renders `<bbox>` as "
+        "`[x1, y1, x2, y2]`.",
         "- `provenance.jsonl`: per record: provenance, model version, annotator, confidence, record "
-        "hash, split, validation run.",
+        "hash, split, validation run; documents also per page.",
         "",
         "## Coordinates",
         "",
