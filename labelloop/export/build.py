@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,20 @@ from labelloop.export.formats import (
     file_name,
     llamafactory_dataset_info,
 )
-from labelloop.export.images import ImageJob, ImagePool, PooledImage, image_name, page_image_name, video_name
-from labelloop.export.plan import ExportError, Member, export_formats
+from labelloop.export.images import (
+    ImageJob,
+    ImagePool,
+    PoolBatch,
+    PooledImage,
+    image_name,
+    page_image_name,
+    video_name,
+)
+from labelloop.export.plan import Member, export_formats
 from labelloop.export.samples import Sample, build_samples
 from labelloop.export.version import PROVENANCE
 from labelloop.export.writers import JsonlWriter, open_writer
 from labelloop.specs import TaskSpec
-from labelloop.validation import record_hash
 
 BATCH = 256
 #: problems kept in full (all are counted): a version with 100k broken records must not hold
@@ -93,7 +99,7 @@ class _Pending:
 
     rows: list[tuple[Any, Member]]
     jobs: list[list[Job]]
-    futures: list[Future[PooledImage]]
+    images: PoolBatch
 
 
 def _batches(rows: Iterable[tuple[Any, Member]], size: int) -> Iterator[list[tuple[Any, Member]]]:
@@ -159,7 +165,7 @@ class VersionBuilder:
         return self.out
 
     def _finish(self, pending: _Pending) -> None:
-        done = self.pool.collect(pending.futures)
+        done = self.pool.collect(pending.images)
         if self.spec.media == "document":
             self._pages = page_provenance(self.db, (row.prediction_id for row, _ in pending.rows))
         for (row, member), js in zip(pending.rows, pending.jobs, strict=True):
@@ -185,8 +191,7 @@ class VersionBuilder:
         return None if problems else images
 
     def _record(self, row: Any, member: Member, jobs: list[Job], done: dict[str, PooledImage]) -> None:
-        if record_hash(row.record) != member.record_hash:
-            raise ExportError(f"record {row.id} changed during the export; run the export again")
+        # MemberStream(full=True) has checked the record's JSON against the validated hash
         images = self._images(row, jobs, done)
         if images is None:
             return

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import posixpath
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from PIL import Image
 from sqlalchemy import insert, select
@@ -69,6 +68,14 @@ class PooledImage:
     written: int = 0
     #: made by this export (to be indexed)
     new: bool = False
+
+
+@dataclass
+class PoolBatch:
+    """One batch's images: those the pool already had, and the work still running."""
+
+    ready: dict[str, PooledImage] = field(default_factory=dict)
+    futures: list[Future[PooledImage]] = field(default_factory=list)
 
 
 def image_name(item_sha: str, ext: str, orientation: int | None) -> str:
@@ -167,40 +174,40 @@ class ImagePool:
 
     # ------------------------------------------------------------------ per batch
 
-    def _known(self, names: list[str]) -> dict[str, PoolImage]:
+    def _known(self, names: list[str]) -> dict[str, Any]:
+        """Index rows (name, sha256, size, width, height) of these names (Core rows: no ORM objects)."""
         if not names:
             return {}
-        with self.db.session() as s:
-            rows = s.scalars(select(PoolImage).where(PoolImage.spec == self.spec, PoolImage.name.in_(names)))
+        cols = (PoolImage.name, PoolImage.sha256, PoolImage.size, PoolImage.width, PoolImage.height)
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(*cols).where(PoolImage.spec == self.spec, PoolImage.name.in_(names)))
             return {r.name: r for r in rows}
 
-    def submit(self, jobs: Iterable[ImageJob]) -> list[Future[PooledImage]]:
+    def submit(self, jobs: Iterable[ImageJob]) -> PoolBatch:
         """Start the batch: pool entries that exist resolve at once (one query for the batch);
         the others, and the self-contained links, run on the thread pool."""
         unique: dict[str, ImageJob] = {}
         for job in jobs:
             unique.setdefault(job.name, job)
         known = self._known(list(unique))
-        futures: list[Future[PooledImage]] = []
+        batch = PoolBatch()
         for name, job in unique.items():
             row = known.get(name)
             if row is None:
-                futures.append(self._pool.submit(self._create, job))
+                batch.futures.append(self._pool.submit(self._create, job))
                 continue
             img = PooledImage(name, image_ref(name, self.layout), row.sha256, row.size, row.width, row.height)
             if self.layout == "self_contained":
-                futures.append(self._pool.submit(self._link, img))
+                batch.futures.append(self._pool.submit(self._link, img))
             else:
-                done: Future[PooledImage] = Future()
-                done.set_result(img)
-                futures.append(done)
-        return futures
+                batch.ready[name] = img
+        return batch
 
-    def collect(self, futures: Iterable[Future[PooledImage]]) -> dict[str, PooledImage]:
+    def collect(self, batch: PoolBatch) -> dict[str, PooledImage]:
         """Wait for the batch; index its new pool entries and list its images for the manifest."""
-        out: dict[str, PooledImage] = {}
+        out: dict[str, PooledImage] = dict(batch.ready)
         new: list[PooledImage] = []
-        for fut in futures:
+        for fut in batch.futures:
             res = fut.result()
             out[res.name] = res
             if res.error is None and res.new:
@@ -209,7 +216,7 @@ class ImagePool:
             out.update(self._index(new))
         for res in out.values():
             if res.error is None:
-                self._entries.write(json.dumps([res.ref, res.sha256, res.size]) + "\n")
+                self._entries.write(f"{res.ref}\t{res.sha256}\t{res.size}\n")
                 self.count += 1
                 self.bytes_written += res.written
         return out
@@ -301,8 +308,8 @@ class ImagePool:
             self._entries.close()
         with self.entries_path.open(encoding="utf-8") as f:
             for line in f:
-                ref, sha, size = json.loads(line)
-                yield ref, sha, size
+                ref, sha, size = line.rstrip("\n").split("\t")
+                yield ref, sha, int(size)
 
 
 def _row(spec: str, r: PooledImage) -> dict[str, object]:

@@ -125,6 +125,7 @@ def _member_stmt(spec: TaskSpec) -> Any:
         Record.annotator,
         Record.confidence,
         Record.prediction_id,
+        Record.content_hash,
         Record.record,
     ]
     return (
@@ -137,18 +138,52 @@ def _member_stmt(spec: TaskSpec) -> Any:
     )
 
 
+def _plan_stmt(spec: TaskSpec) -> Any:
+    """What the content hash needs: no record JSON (decoding it is most of a pass's cost)."""
+    cols: list[Any] = [
+        Record.id,
+        Item.sha256,
+        Record.provenance,
+        Record.model,
+        Record.model_version,
+        Record.annotator,
+        Record.content_hash,
+    ]
+    return (
+        select(*cols)
+        .join(Item, Item.id == Record.item_id)
+        .where(Record.spec == spec.name, Record.provenance != PROVENANCE_PARTIAL)
+        .order_by(Record.id)
+        .execution_options(yield_per=5000)
+    )
+
+
 class MemberStream:
     """The version's members, streamed: the spec's records merge-joined (both in id order) with
     the validation run's passing snapshot, keeping a record only while its content hash is the
     validated one. Memory is constant in the number of records; :attr:`content_hash` is ready
     once the stream is exhausted.
+
+    ``full=False`` (the plan) reads only the columns the content hash needs and trusts the
+    records' stored ``content_hash`` (written with every record, see ``review.routing.put_record``);
+    ``full=True`` (the build) reads the records themselves and hashes their JSON, so a stored hash
+    that does not match the content fails the export loudly instead of shipping unvalidated data.
     """
 
-    def __init__(self, db: Database, spec: TaskSpec, settings: Settings, passing: Iterator[tuple[int, str]]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        spec: TaskSpec,
+        settings: Settings,
+        passing: Iterator[tuple[int, str]],
+        *,
+        full: bool = True,
+    ) -> None:
         self.db = db
         self.spec = spec
         self.settings = settings
         self.passing = passing
+        self.full = full
         self._hash = hashlib.sha256(config_blob(spec, settings).encode())
         self.members = 0
         self.n_passing = 0
@@ -164,8 +199,10 @@ class MemberStream:
         val_fraction = self.settings.export.val_fraction
         passing = iter(self.passing)
         nxt = next(passing, None)
-        with self.db.session() as s:
-            for row in s.execute(_member_stmt(self.spec)):
+        stmt = _member_stmt(self.spec) if self.full else _plan_stmt(self.spec)
+        # Core rows, streamed: the ORM's per-row machinery is a large share of a pass otherwise
+        with self.db.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=2000).execute(stmt):
                 while nxt is not None and nxt[0] < row.id:
                     self.n_passing += 1  # validated, then deleted or made partial: not a member
                     nxt = next(passing, None)
@@ -174,8 +211,14 @@ class MemberStream:
                 want = nxt[1]
                 self.n_passing += 1
                 nxt = next(passing, None)
-                if record_hash(row.record) != want:
+                stored = row.content_hash
+                if stored != want:
                     continue  # edited since validation: waits for the next run
+                if self.full and record_hash(row.record) != stored:
+                    raise ExportError(
+                        f"record {row.id} of {self.spec.name}: its content does not match its stored "
+                        "content hash (changed during the export, or written without it); run the export again"
+                    )
                 self.members += 1
                 self._hash.update(
                     f"\n{row.id}\t{row.sha256}\t{want}\t{row.provenance}\t{row.model}\t{row.model_version}"
@@ -189,7 +232,7 @@ class MemberStream:
 
 def plan_members(db: Database, spec: TaskSpec, settings: Settings, passing: Iterator[tuple[int, str]]) -> Plan:
     """The content hash and size of the version the passing records would make (one pass)."""
-    stream = MemberStream(db, spec, settings, passing)
+    stream = MemberStream(db, spec, settings, passing, full=False)
     for _ in stream:
         pass
     return stream.plan()

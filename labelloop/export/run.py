@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from labelloop.config import Settings
 from labelloop.db import Database, DatasetVersion, ValidationRun
 from labelloop.export.build import Built, VersionBuilder
@@ -43,6 +45,8 @@ from labelloop.export.version import FORMAT, MANIFEST, PROVENANCE, dataset_name,
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore, publish
 from labelloop.validation import iter_passing
+
+_decode = msgspec.json.decode
 
 
 @dataclass
@@ -244,7 +248,7 @@ def export_dataset(
                 uri=store.uri(prefix),
                 manifest=manifest,
                 manifest_sha256=manifest_sha,
-                members=(json.loads(line) for line in lines),
+                members=(_decode(line) for line in lines),
             )
     return ExportResult.of(dv, created)
 
