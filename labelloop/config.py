@@ -431,6 +431,13 @@ class ExportSettings(_Section):
     formats: list[Literal["qwen", "llamafactory", "swift"]] = Field(
         default_factory=lambda: ["qwen", "llamafactory", "swift"], description="Formats written."
     )
+    image_layout: Literal["pool", "self_contained"] = Field(
+        "pool",
+        description="pool: versions point into the spec's content-addressed image pool "
+        "(datasets/<spec>/images/, written once per image; annotation files name ../images/...); "
+        "self_contained: each version also gets its own images/ folder, made by hard links on a local "
+        "store and server-side copies on S3.",
+    )
 
 
 class TrainingSettings(_Section):

@@ -159,6 +159,17 @@ class S3Store(ObjectStore):
         except (MinioException, Urllib3Error) as e:
             raise self._error("list", prefix + "*", e) from e
 
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        """A server-side copy (``CopyObject``): the bytes never pass through this process."""
+        from minio.commonconfig import CopySource
+
+        self.ensure_bucket()
+        try:
+            self.client.copy_object(self.bucket, check_key(dst), CopySource(self.bucket, check_key(src)))
+        except S3Error as e:
+            raise self._translate(e, src) from e
+        return self.stat(dst)
+
     def delete(self, key: str) -> None:
         self.ensure_bucket()
         try:
