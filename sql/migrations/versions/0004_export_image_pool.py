@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_export_image_pool"
-down_revision = "0003_calibration_design"
+down_revision = "0004_ingest_sources"
 branch_labels = None
 depends_on = None
 
