@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from mineru_cloud_server import TOKEN, CloudServer
-from test_mineru_backend import a4_pdf, doc_item
+from synthetic import pdf_item
+from test_mineru_backend import a4_pdf
 
 from labelloop.config import MinerUSettings, Settings
 from labelloop.documents.record import DocumentRecord
@@ -34,7 +35,7 @@ def predict(settings: Settings, store: LocalStore, url: str, **kw: Any) -> Predi
     b = MinerUBackend(settings.model_copy(update={"mineru": cfg, "documents": docs}), store)
     b.retry_wait_s = 0.01
     data = a4_pdf()
-    return asyncio.run(b.predict(doc_item(data), data, SpecRegistry().get("document_layout")))
+    return asyncio.run(b.predict(pdf_item(data), data, SpecRegistry().get("document_layout")))
 
 
 def test_success_uses_layout_scores(cloud: CloudServer, sqlite_settings: Settings, store: LocalStore) -> None:
