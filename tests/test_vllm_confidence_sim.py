@@ -168,3 +168,23 @@ def test_unknown_is_zero_never_one() -> None:
         assert routing == {"caption": 0.0}, "a field absent from the answer is unknown, not certain"
     with pytest.raises(ValueError, match="unknown confidence aggregator"):
         field_confidences('{"caption": "x"}', [], CAPTION, aggregator="mean")
+
+
+def test_a_spec_field_may_choose_its_own_aggregator_and_that_is_part_of_the_identity() -> None:
+    from labelloop.config import Settings
+    from labelloop.prelabel.vllm import VLLMBackend
+
+    spec = CAPTION.model_copy(deep=True)
+    text = '{"caption": "ab"}'
+    tokens = [TokenLogprob('{"caption": "', 0.0), TokenLogprob("a", math.log(0.5)), TokenLogprob("b", math.log(0.8))]
+    tokens.append(TokenLogprob('"}', 0.0))
+    routing, detail = field_confidences(text, tokens, spec, aggregator="min")
+    assert routing["caption"] == pytest.approx(0.5) and "aggregator" not in detail["caption"]
+    backend = VLLMBackend(Settings())
+    before = backend.prompt_hash(spec)
+    spec.fields["caption"].confidence_aggregator = "joint"
+    routing, detail = field_confidences(text, tokens, spec, aggregator="min")
+    assert routing["caption"] == pytest.approx(0.4) and detail["caption"]["aggregator"] == "joint"
+    changed = spec.model_copy(deep=True)  # a new spec object: the identity cache keys on it
+    assert VLLMBackend(Settings()).prompt_hash(changed) != before
+    assert VLLMBackend(Settings()).identity(changed)["field_aggregators"] == {"caption": "joint"}

@@ -61,6 +61,11 @@ class FieldSpec(BaseModel):
     tolerance: float = 0.0
     iou_threshold: float = 0.5
     ls: LabelStudioField
+    #: how this field's value-token probabilities become its confidence, overriding
+    #: ``vllm.confidence_aggregator`` (e.g. "joint" for an exact value such as a plate number,
+    #: where every token must be right; see tests/test_vllm_confidence_sim.py); part of the
+    #: vLLM prediction identity
+    confidence_aggregator: Literal["min", "geomean", "joint"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FieldSpec:

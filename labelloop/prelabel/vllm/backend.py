@@ -211,6 +211,9 @@ class VLLMBackend(Backend):
             "temperature": self.temperature,
             "confidence_aggregator": cfg.confidence_aggregator,
         }
+        per_field = {n: f.confidence_aggregator for n, f in spec.fields.items() if f.confidence_aggregator}
+        if per_field:  # only when set, so specs without overrides keep their identity
+            ident["field_aggregators"] = per_field
         if spec.media == "video":
             ident["video"] = {
                 "family": cfg.video_family,

@@ -45,7 +45,8 @@ answers of many lengths with token logprobs and reviewer verdicts, over many see
 the aggregators' Brier scores and reliability diagrams; the default is the best calibrated one,
 and the test fails if that ever stops being true. The aggregator used is stored with every
 prediction (``confidence_detail["aggregator"]``) and is part of its identity (thresholds are
-on its scale).
+on its scale). A spec may choose per field (``FieldSpec.confidence_aggregator``), e.g. ``joint``
+for a plate number; the field's detail then names its aggregator.
 
 Unknown is 0: a field whose tokens cannot be found (absent, unaligned, no logprobs) scores 0 and
 goes to review, never 1.
@@ -279,12 +280,17 @@ def field_confidences(
         if node is None:
             routing[name], detail[name] = 0.0, {"error": "field absent from the answer"}
             continue
+        agg = fspec.confidence_aggregator or aggregator  # the spec may choose per field
         if fspec.kind in LIST_KINDS and node.kind == "array":
-            routing[name], detail[name] = _list_detail(node, index, aggregator)
+            routing[name], detail[name] = _list_detail(node, index, agg)
+            if agg != aggregator:
+                detail[name]["aggregator"] = agg
             continue
         score = index.score(value_tokens(node, index))
-        routing[name] = score.value(aggregator)
+        routing[name] = score.value(agg)
         detail[name] = {**score.as_dict(), "routing": routing[name]}
+        if agg != aggregator:
+            detail[name]["aggregator"] = agg
     return routing, detail
 
 

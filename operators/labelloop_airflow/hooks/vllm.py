@@ -66,8 +66,7 @@ class VLLMHook(BaseHook):
             "hidden_fields": ["login"],
             "relabeling": {"host": "vLLM host", "port": "vLLM port", "schema": "scheme", "password": "API key"},
             "placeholders": {
-                "extra": '{"model": "Qwen/Qwen2.5-VL-7B-Instruct", "concurrency": 64, '
-                '"model_family": "qwen2_5_vl"}'
+                "extra": '{"model": "Qwen/Qwen2.5-VL-7B-Instruct", "concurrency": 64, "model_family": "qwen2_5_vl"}'
             },
         }
 
