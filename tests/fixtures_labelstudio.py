@@ -7,8 +7,8 @@ starts one server per module; verified with pytest 9.2.) The server runs from ``
 free port with a fresh data directory (the preset legacy token needs a fresh organisation), its
 ``LOCAL_FILES_DOCUMENT_ROOT`` pointed at a temporary folder under which each test gets its own
 object store, and is stopped (process group terminated) at the end of the session. While working
-on the tests, ``LABELLOOP_TEST_LS_URL``/``_TOKEN``/``_FILES_ROOT`` reuse a server already running
-(every test uses its own project prefix and users, so runs do not interfere).
+on the tests, ``LABELLOOP_TEST_LS_URL``/``_TOKEN``/``_FILES_ROOT`` (and ``_DATA_DIR``) reuse a server
+already running (every test uses its own project prefix and users, so runs do not interfere).
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ class LabelStudioTestServer:
     url: str
     token: str
     files_root: Path
+    #: the server's data directory (its SQLite DB), where a test needs to reach behind the API
+    data_dir: Path | None = None
 
     def client(self) -> LabelStudio:
         return make_client(self.url, self.token)
@@ -163,6 +165,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
             os.environ["LABELLOOP_TEST_LS_URL"],
             os.environ["LABELLOOP_TEST_LS_TOKEN"],
             Path(os.environ["LABELLOOP_TEST_LS_FILES_ROOT"]),
+            Path(os.environ["LABELLOOP_TEST_LS_DATA_DIR"]) if os.environ.get("LABELLOOP_TEST_LS_DATA_DIR") else None,
         )
         return
     if not LS_EXECUTABLE.exists():
@@ -170,7 +173,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     base = tmp_path_factory.mktemp("label-studio")
     server = LocalLabelStudio(executable=LS_EXECUTABLE, data_dir=base / "data", local_files_root=base / "files")
     server.start(timeout=240)
-    _RUNNING = LabelStudioTestServer(server.url, server.token, server.local_files_root)
+    _RUNNING = LabelStudioTestServer(server.url, server.token, server.local_files_root, server.data_dir)
     try:
         yield _RUNNING
     finally:

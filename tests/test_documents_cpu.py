@@ -282,7 +282,7 @@ def test_document_operator_runs_one_batch(
     from labelloop_airflow.prelabel import PrelabelOperator
 
     monkeypatch.setenv("LABELLOOP_HOME", str(sqlite_settings.home))
-    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url)
+    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url_value)
     monkeypatch.setenv("LABELLOOP_STORAGE__ROOT", str(sqlite_settings.storage.root))
     first = add_pdf_item(sqlite_db, store, small_pdf(1), "a")
     add_pdf_item(sqlite_db, store, small_pdf(1, "Another document entirely, about rivers."), "b")
@@ -294,3 +294,26 @@ def test_document_operator_runs_one_batch(
         assert [p.item_id for p in s.scalars(select(Prediction))] == [first]
     with pytest.raises(ValueError, match="not a document backend"):
         PrelabelOperator(task_id="x", spec="document_layout", backend="vllm").execute({})
+
+
+def test_a_block_the_layout_model_did_not_score_is_zero_not_one(
+    sample_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown is review: with no layout region matched (here: the score hook gives none), every
+    text-layer block scores 0 and the detail counts them, as MinerU does for unscored blocks."""
+    from labelloop.config import DocumentSettings
+    from labelloop.documents import layout_scores
+    from labelloop.documents.pymupdf_layout import UNSCORED_BLOCK_SCORE, PyMuPDFLayoutAnalyzer
+    from labelloop.documents.render import open_pdf, page_geometry
+
+    monkeypatch.setattr(layout_scores, "match_score", lambda *_a, **_k: None)
+    data = (sample_data / "documents" / "mineru-demo1.pdf").read_bytes()
+    doc = open_pdf(data, max_pages=50)
+    try:
+        geoms = [page_geometry(doc[i], 72, "ab" * 32) for i in range(doc.page_count)]
+        result = PyMuPDFLayoutAnalyzer(DocumentSettings()).analyze(doc, geoms, pages={0})
+    finally:
+        doc.close()
+    text_blocks = [b for b in result.blocks[0] if b.source == "text_layer"]
+    assert text_blocks and all(b.score == UNSCORED_BLOCK_SCORE == 0.0 for b in text_blocks)
+    assert result.detail["pages"][0]["unscored_blocks"] == len(result.blocks[0])

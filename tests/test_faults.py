@@ -315,7 +315,7 @@ def _two_importers(settings: Settings) -> list[dict[str, Any]]:
     lss = settings.label_studio
     env = {
         **os.environ,
-        "LABELLOOP_DB__URL": settings.db.url,
+        "LABELLOOP_DB__URL": settings.db.url_value,
         "LABELLOOP_STORAGE__ROOT": str(settings.storage.root),
         "LABELLOOP_LABEL_STUDIO__URL": lss.url,
         "LABELLOOP_LABEL_STUDIO__TOKEN": lss.token.get_secret_value(),
@@ -388,7 +388,7 @@ def test_the_import_lock_excludes_a_second_holder_on_both_databases(db: Database
         "except LockTimeout as e:\n"
         "    print('timeout:', e)\n"
     )
-    url = db.settings.url
+    url = db.settings.url_value
     with exclusive(db, "label_studio_import:caption"):
         held = subprocess.run([sys.executable, "-c", probe, url, "1"], capture_output=True, text=True, timeout=120)
         assert held.stdout.startswith("timeout:") and "label_studio_import" in held.stdout, held

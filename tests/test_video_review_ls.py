@@ -38,7 +38,7 @@ EVENT = {"start": 1.0, "end": 2.5, "label": "change", "description": "The square
 def _screenshot_task(label_studio: Any, project_id: int, task_id: int, shot: Path) -> dict[str, Any]:
     from playwright.sync_api import expect
 
-    with label_studio.annotator_page("video") as page:
+    with label_studio.annotator_page("video", height=1300) as page:
         page.goto(f"{label_studio.url}/projects/{project_id}/data?task={task_id}")
         # the video itself loaded from Label Studio's local-files serving, and decodes
         page.wait_for_function(
@@ -49,10 +49,31 @@ def _screenshot_task(label_studio: Any, project_id: int, task_id: int, shot: Pat
         # the pre-annotated caption and the event's label are on screen
         expect(page.get_by_text("A square slides right").first).to_be_visible(timeout=30_000)
         expect(page.get_by_role("treeitem").filter(has_text="change").first).to_be_visible(timeout=30_000)
+        # Label Studio's video canvas drops its spinner and draws the timeline only once the
+        # video has enough data (readyState 4); before that the screenshot shows a spinner
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('video')].some(v => v.readyState === 4)"
+            " && !document.querySelector('[class*=video-canvas__loading]')",
+            timeout=60_000,
+        )
+        # the timeline row of the pre-annotated event: its label, its frame range and the bar
+        row = page.locator(".lsf-keypoints_timeline").filter(has_text="change").first
+        expect(row).to_be_visible(timeout=30_000)
+        bar = row.locator(".lsf-keypoints__lifespan").first
+        expect(bar).to_be_visible(timeout=30_000)
+        timeline = page.evaluate(
+            "() => { const row = document.querySelector('.lsf-keypoints_timeline');"
+            " const bar = row.querySelector('.lsf-keypoints__lifespan').getBoundingClientRect();"
+            " const frames = document.querySelector('.lsf-timeline-frames');"
+            " return {start: +row.dataset.start, end: +row.dataset.end, bar_px: bar.width,"
+            " bar_bottom: bar.bottom, viewport: window.innerHeight,"
+            " frame_px: parseFloat(getComputedStyle(frames).getPropertyValue('--frame-size'))}; }"
+        )
         info = page.evaluate(
             "() => { const v = [...document.querySelectorAll('video')][0];"
             " return {w: v.videoWidth, h: v.videoHeight, duration: v.duration}; }"
         )
+        info["timeline"] = timeline
         page.screenshot(path=str(shot), full_page=True)
     return info
 
@@ -97,6 +118,12 @@ def test_video_loop_with_label_studio(
     shot = review_data.ARTIFACTS / "review-browser-video.png"
     info = _screenshot_task(label_studio, imported.project_id, task.id, shot)
     assert (info["w"], info["h"]) == (320, 240) and info["duration"] == pytest.approx(4.0, abs=0.2)
+    # the screenshot shows the event on the timeline: frames 11-25 (1.0-2.5 s at 10 fps), drawn as a
+    # bar 14 frames long, inside the viewport that was captured
+    tl = info["timeline"]
+    assert (tl["start"], tl["end"]) == (11, 25)
+    assert tl["frame_px"] > 0 and tl["bar_px"] == pytest.approx((25 - 11) * tl["frame_px"], abs=2)
+    assert tl["bar_bottom"] <= tl["viewport"]
     assert shot.stat().st_size > 10_000
 
     # the annotator moves the event to where they saw it (3.0-3.5 s) and keeps the caption

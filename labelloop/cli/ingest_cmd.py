@@ -28,18 +28,22 @@ def ingest_step(c: Context, source: str, *, limit: int | None = None, show_progr
         TextColumn("[bold]ingest[/bold] {task.fields[name]}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("new {task.fields[new]} known {task.fields[known]} rejected {task.fields[rej]}"),
+        TextColumn(
+            "new {task.fields[new]} known {task.fields[known]} rejected {task.fields[rej]} skipped {task.fields[skip]}"
+        ),
         TimeElapsedColumn(),
         console=console,
         transient=not show_progress,
         disable=not show_progress,
     ) as bar:
-        task = bar.add_task("ingest", total=limit, name="", new=0, known=0, rej=0)
-        counts = {"new": 0, "known": 0, "rej": 0}
+        task = bar.add_task("ingest", total=limit, name="", new=0, known=0, rej=0, skip=0)
+        counts = {"new": 0, "known": 0, "rej": 0, "skip": 0}
 
         def progress(f: Any, outcome: str) -> None:
-            counts["rej" if outcome.startswith("rejected") else outcome] += 1
-            bar.update(task, advance=1, name=f.uri.rsplit("/", 1)[-1][:40], **counts)
+            kind = outcome.split(":", 1)[0]
+            counts[{"rejected": "rej", "skipped": "skip"}.get(kind, kind)] += 1
+            # skipped entries (hidden names, unfollowed links) are not files of the run
+            bar.update(task, advance=0 if kind == "skipped" else 1, name=f.uri.rsplit("/", 1)[-1][:40], **counts)
 
         stats = run_ingest(c.db, c.store, c.settings, src, limit=limit, progress=progress)
     return stats.as_dict()
@@ -52,7 +56,7 @@ def ingest(
     limit: Annotated[int | None, typer.Option(help="Stop after this many files.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Register images and PDFs by content (sha256); bad files are recorded with a reason."""
+    """Register images, documents (PDF, office) and videos by content (sha256); bad files are recorded with a reason."""
     c = get_ctx(ctx)
     try:
         stats = ingest_step(c, source, limit=limit, show_progress=not as_json)
@@ -70,5 +74,15 @@ def print_ingest(stats: dict[str, Any]) -> None:
         f"{stats['seen']} files from {stats['source']}: {stats['new_items']} new items, {stats['known']} already "
         f"known ({stats['new_aliases']} new names), {stats['rejected']} rejected, in {stats['seconds']:.1f}s"
     )
+    if stats.get("unchanged"):
+        out.print(f"  unchanged since the last ingest (not read): {stats['unchanged']}")
     for reason, n in sorted(stats["reject_reasons"].items()):
         out.print(f"  rejected {reason}: {n}")
+    if stats.get("skipped"):
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(stats["skipped_reasons"].items()))
+        out.print(f"  skipped (not files of the run): {stats['skipped']} ({why})")
+        names = stats.get("skipped_names") or []
+        for name in names:
+            out.print(f"    {name}", markup=False, highlight=False)
+        if stats["skipped"] > len(names):
+            out.print(f"    ... and {stats['skipped'] - len(names)} more")

@@ -106,6 +106,30 @@ class Reject(Base):
     last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class SourceObject(Base):
+    """What ingest last saw under one source name, so an unchanged object is skipped unread.
+
+    Keyed by the sha256 of the URI (URIs can be longer than an index entry allows). ``outcome``
+    is "item" (bytes registered as item ``sha256``) or "reject" (``reason``, decided under the
+    ingest limits hashed in ``limits_hash``: other limits, another look). An object is unchanged
+    when its size and its ETag (S3) or modification time (folders) are the ones stored here.
+    """
+
+    __tablename__ = "source_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uri_key: Mapped[str] = mapped_column(String(64), unique=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    etag: Mapped[str | None] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    limits_hash: Mapped[str] = mapped_column(String(16), default="")
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 # --------------------------------------------------------------------------- pre-label
 
 
@@ -391,6 +415,29 @@ class DatasetVersionRecord(Base):
     record_hash: Mapped[str] = mapped_column(String(64))
     split: Mapped[str] = mapped_column(String(8))  # "train" | "val"
     provenance: Mapped[str] = mapped_column(String(16))
+
+
+class PoolImage(Base):
+    """An image in a spec's content-addressed pool (``datasets/<spec>/images/``), which every
+    dataset version's annotation files point into.
+
+    A pool file is written once and never changed; this row, written after the file is stored,
+    remembers its sha256, size and pixel size so a new version neither reads nor rewrites the
+    images earlier versions already hold.
+    """
+
+    __tablename__ = "pool_images"
+    __table_args__ = (UniqueConstraint("spec", "name", name="uq_pool_images_spec_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[str] = mapped_column(String(64))
+    #: relative to ``datasets/<spec>/``, e.g. ``images/<sha>.jpg``, ``images/<sha>_p0.png``
+    name: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class TrainingRun(Base):

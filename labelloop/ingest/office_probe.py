@@ -11,11 +11,15 @@ rendering will be reviewed page by page like a PDF. HTML is recognised by its op
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labelloop.config import IngestSettings
+
 import re
 import zipfile
 from pathlib import Path
 
-from labelloop.config import IngestSettings
 from labelloop.ingest.probe import Probe, Rejected, RejectReason
 
 MIMES = {

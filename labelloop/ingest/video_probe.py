@@ -10,11 +10,14 @@ stream we could list but not decode is rejected here, not in the middle of a pre
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labelloop.config import IngestSettings
+
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-
-from labelloop.config import IngestSettings
 
 #: containers we accept: what PyAV demuxes and browsers (Label Studio's <Video>) commonly play
 VIDEO_TYPES = {
