@@ -223,10 +223,8 @@ def test_one_malformed_and_ten_spec_breaking_annotations_never_stop_sync_nor_rea
     from labelloop.status import pipeline_status
 
     vehicle = SPECS.get("vehicle_extraction")
-    store = label_studio.new_store()
-    settings = label_studio.settings(tmp_path, pg_url, store)
-    db = Database(settings.db)
-    ls = label_studio.client()
+    env = label_studio.review_env(tmp_path, pg_url, upgrade=False)
+    store, settings, db, ls = env.store, env.settings, env.db, env.ls
     n_good = 9
     bad = _bad_results(to_result(vehicle, review_data.vehicle_record(0), ImageSize(640, 480)))
     review_data.add_vehicle_batch(db, vehicle, [0.5] * (n_good + len(bad)))
@@ -341,10 +339,8 @@ def test_two_importers_started_together_leave_exactly_2000_tasks_in_one_project(
     from labelloop.review.projects import ensure_project, project_title
 
     vehicle = SPECS.get("vehicle_extraction")
-    store = label_studio.new_store()
-    settings = label_studio.settings(tmp_path, pg_url, store)
-    db = Database(settings.db)
-    ls = label_studio.client()
+    env = label_studio.review_env(tmp_path, pg_url, upgrade=False)
+    settings, db, ls = env.settings, env.db, env.ls
     review_data.add_vehicle_batch(db, vehicle, [0.5] * 2000)
     assert route_predictions(db, settings.routing, vehicle).review == 2000
     title = project_title(settings.label_studio.project_prefix, vehicle)
@@ -417,11 +413,8 @@ def test_a_two_page_pdf_with_one_page_reviewed_is_not_in_the_version(
     from labelloop.validation.canonical import record_hash
 
     doc = SPECS.get("document_layout")
-    store = label_studio.new_store()
-    settings = label_studio.settings(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", store)
-    db = Database(settings.db)
-    db.upgrade()
-    ls = label_studio.client()
+    env = label_studio.review_env(tmp_path)
+    store, settings, db, ls = env.store, env.settings, env.db, env.ls
     review_data.add_two_page_pdf(db, doc, 0.5)
     route_predictions(db, settings.routing, doc)
     import_pending(db, ls, settings, doc, SPECS.label_config(doc), store)
