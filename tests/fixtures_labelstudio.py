@@ -74,6 +74,14 @@ class Annotator:
 
 
 @dataclass
+class ReviewEnv:
+    store: LocalStore
+    settings: Settings
+    db: Database
+    ls: LabelStudio
+
+
+@dataclass
 class LabelStudioTestServer:
     url: str
     token: str
@@ -104,6 +112,16 @@ class LabelStudioTestServer:
                 **ls,
             ),
         )
+
+    def review_env(self, tmp_path: Path, db_url: str | None = None, *, upgrade: bool = True, **ls: Any) -> ReviewEnv:
+        """What a review test starts from: its own store, settings, curation DB (SQLite under
+        ``tmp_path`` unless ``db_url``; migrated unless ``upgrade=False``) and an admin client."""
+        store = self.new_store()
+        settings = self.settings(tmp_path, db_url or f"sqlite:///{tmp_path / 'c.db'}", store, **ls)
+        db = Database(settings.db)
+        if upgrade:
+            db.upgrade()
+        return ReviewEnv(store, settings, db, self.client())
 
     def signup(self, email: str, password: str = ANNOTATOR_PASSWORD) -> Annotator:
         """Join the organisation through the invite link and create a PAT, as a person would."""

@@ -240,6 +240,12 @@ def test_cli_calibrate_and_thresholds(tmp_path, monkeypatch) -> None:  # type: i
     assert il["method"] == "clopper_pearson"  # one look at a plain sample
     [thr] = doc["thresholds"]
     assert thr["field"] == "plate_number" and thr["threshold"] is not None
+    # without --json: the plain-words statement, saying the live part needs the database
+    r = CliRunner().invoke(app, ["calibrate", "--from-log", str(log), "--target", "0.05"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "At most 5.0% of the records auto-accepted for vehicle_extraction" in r.stdout
+    assert "Assumptions:" in r.stdout and "Live audit: not in an exported log" in r.stdout
+    assert "What would raise coverage:" in r.stdout
     log.write_text(log.read_text() + '{"spec": "x"}\n')
     r = CliRunner().invoke(app, ["calibrate", "--from-log", str(log), "--json"], env=env)
     assert r.exit_code == 2 and "log.jsonl:1201: missing" in r.output

@@ -223,10 +223,8 @@ def test_one_malformed_and_ten_spec_breaking_annotations_never_stop_sync_nor_rea
     from labelloop.status import pipeline_status
 
     vehicle = SPECS.get("vehicle_extraction")
-    store = label_studio.new_store()
-    settings = label_studio.settings(tmp_path, pg_url, store)
-    db = Database(settings.db)
-    ls = label_studio.client()
+    env = label_studio.review_env(tmp_path, pg_url, upgrade=False)
+    store, settings, db, ls = env.store, env.settings, env.db, env.ls
     n_good = 9
     bad = _bad_results(to_result(vehicle, review_data.vehicle_record(0), ImageSize(640, 480)))
     review_data.add_vehicle_batch(db, vehicle, [0.5] * (n_good + len(bad)))
@@ -341,10 +339,8 @@ def test_two_importers_started_together_leave_exactly_2000_tasks_in_one_project(
     from labelloop.review.projects import ensure_project, project_title
 
     vehicle = SPECS.get("vehicle_extraction")
-    store = label_studio.new_store()
-    settings = label_studio.settings(tmp_path, pg_url, store)
-    db = Database(settings.db)
-    ls = label_studio.client()
+    env = label_studio.review_env(tmp_path, pg_url, upgrade=False)
+    settings, db, ls = env.settings, env.db, env.ls
     review_data.add_vehicle_batch(db, vehicle, [0.5] * 2000)
     assert route_predictions(db, settings.routing, vehicle).review == 2000
     title = project_title(settings.label_studio.project_prefix, vehicle)
@@ -411,17 +407,14 @@ def test_a_two_page_pdf_with_one_page_reviewed_is_not_in_the_version(
     label_studio: Any, tmp_path: Path, review_data: Any
 ) -> None:
     from labelloop.db import Record
-    from labelloop.export.plan import plan_members
+    from labelloop.export.plan import MemberStream
     from labelloop.review.importer import import_pending
     from labelloop.review.sync import sync_project
     from labelloop.validation.canonical import record_hash
 
     doc = SPECS.get("document_layout")
-    store = label_studio.new_store()
-    settings = label_studio.settings(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", store)
-    db = Database(settings.db)
-    db.upgrade()
-    ls = label_studio.client()
+    env = label_studio.review_env(tmp_path)
+    store, settings, db, ls = env.store, env.settings, env.db, env.ls
     review_data.add_two_page_pdf(db, doc, 0.5)
     route_predictions(db, settings.routing, doc)
     import_pending(db, ls, settings, doc, SPECS.label_config(doc), store)
@@ -431,17 +424,18 @@ def test_a_two_page_pdf_with_one_page_reviewed_is_not_in_the_version(
     def accept(task_id: int) -> None:
         ls.annotations.create(id=task_id, result=ls.tasks.get(id=str(task_id)).predictions[0].result)
 
-    def members() -> dict[int, Any]:
+    def members() -> list[int]:
+        """Ids of the records a version would hold if every record had passed validation."""
         with db.session() as s:
-            passing = {r.id: record_hash(r.record) for r in s.scalars(select(Record))}
-        return plan_members(db, doc, settings, passing)[0]
+            passing = [(r.id, record_hash(r.record)) for r in s.scalars(select(Record).order_by(Record.id))]
+        return [row.id for row, _ in MemberStream(db, doc, settings, iter(passing), full=False)]
 
     accept(page0.ls_task_id)
     sync_project(db, ls, settings, doc)
     with db.session() as s:
         (rec,) = s.scalars(select(Record)).all()
     assert rec.provenance == "partial", "page 1 is still model output: not human"
-    assert members() == {}, "a partly reviewed document is not exported"
+    assert members() == [], "a partly reviewed document is not exported"
 
     accept(page1.ls_task_id)
     sync_project(db, ls, settings, doc)

@@ -1,4 +1,10 @@
-"""Choose a per-field auto-accept threshold that holds a target error rate.
+"""The method calibration used before issue 12, kept as the baseline the guarantee tests show failing.
+
+It pools every reviewed value unweighted, so it is only valid on a random sample (the full-review
+phase), with a plain binomial bound (Wilson by default here, as it was). Calibration itself certifies
+in :mod:`labelloop.calibration.guarantee`.
+
+Choose a per-field auto-accept threshold that holds a target error rate.
 
 Fixed-sequence testing (as in Learn-then-Test): candidate thresholds are the observed confidences,
 tested from the highest down. At each candidate, the one-sided upper bound of the change rate of
