@@ -279,6 +279,7 @@ class Ingestor:
             except IntegrityError:
                 # another ingest registered some of the same bytes or names meanwhile: redo the
                 # batch's rows one at a time, each under a savepoint
+                log.info("an ingest batch raced another ingest; writing its %d rows one by one", len(todo))
                 s.rollback()
                 self._reset(todo)
                 # the other ingest may have recorded some of these names meanwhile
