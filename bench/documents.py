@@ -5,8 +5,10 @@ Usage: ``.venv/bin/python bench/documents.py [--data DIR] [--repeat N] [--engine
 Then MinerU 4.x flash against the pymupdf layout backend on the same text-layer PDFs, each engine in a
 child process of its own (``mineru-kit parse --tier flash -f middle_json`` from .venv-mineru; the
 pymupdf analyzer), so pages/s and peak RSS (``wait4`` of the child) are on equal footing; office
-documents (a DOCX and a PPTX made here) are reported separately for MinerU, which parses them
-natively. The run ends with one JSON line.
+documents (a DOCX and a PPTX made here) are reported separately: MinerU parses them natively, the
+pymupdf backend reads the LibreOffice rendering to PDF (what both backends do for page geometry;
+the renderer's peak RSS counts, as a waited-for descendant of the child). The run ends with one JSON
+line.
 
 Each PDF goes through ``PyMuPDFLayoutBackend.predict`` end to end (checks, page images rendered
 and stored at the render DPI, layout analysis or OCR, record validation) into a fresh temporary
@@ -96,6 +98,20 @@ for path in sys.argv[1:]:
     a.analyze(d, [page_geometry(d[i], 144, "0" * 64) for i in range(len(d))])
 """
 
+_PYMUPDF_OFFICE_CHILD = """
+import sys, pymupdf
+from pathlib import Path
+from labelloop.config import DocumentSettings
+from labelloop.documents import office
+from labelloop.documents.pymupdf_layout import PyMuPDFLayoutAnalyzer
+from labelloop.documents.render import page_geometry
+a = PyMuPDFLayoutAnalyzer(DocumentSettings())
+for path in map(Path, sys.argv[1:]):
+    pdf, _ = office.to_pdf(path.read_bytes(), path.suffix[1:])
+    d = pymupdf.open(stream=pdf, filetype="pdf")
+    a.analyze(d, [page_geometry(d[i], 144, "0" * 64) for i in range(len(d))])
+"""
+
 
 def child(argv: list[str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one child process."""
@@ -127,10 +143,12 @@ def engines(pdfs: list[Path]) -> dict[str, object]:
         o_s, o_mb = child(
             [str(kit), "parse", *map(str, office), "-o", str(work / "o"), "--tier", "flash", "-f", "middle_json"], work
         )
+        po_s, po_mb = child([sys.executable, "-c", _PYMUPDF_OFFICE_CHILD, *map(str, office)], work)
     print(f"text-layer: {len(text)} PDFs, {pages} pages")
     print(f"  mineru flash  {pages / m_s:6.3f} pages/s  peak {m_mb:6.0f} MB  (process start included)")
     print(f"  pymupdf       {pages / p_s:6.3f} pages/s  peak {p_mb:6.0f} MB  (model load included)")
     print(f"office (mineru flash, native): 2 documents in {o_s:.1f} s, peak {o_mb:.0f} MB")
+    print(f"office (LibreOffice -> pymupdf): 2 documents in {po_s:.1f} s, peak {po_mb:.0f} MB")
     return {
         "bench": "documents",
         "text_pages": pages,
@@ -143,6 +161,9 @@ def engines(pdfs: list[Path]) -> dict[str, object]:
         "office_docs": 2,
         "office_seconds": round(o_s, 2),
         "office_peak_rss_mb": round(o_mb),
+        "office_pymupdf_seconds": round(po_s, 2),
+        "office_pymupdf_peak_rss_mb": round(po_mb),
+        "office_mineru_vs_pymupdf_speed": round(po_s / o_s, 3),
     }
 
 

@@ -1,21 +1,21 @@
-"""Validation + export throughput and memory on 100,000 records (run on demand, not in CI).
+"""Validation + export throughput and memory on 100,000 records with referenced images (on demand).
 
     .venv/bin/python bench/export.py [--records 100000] [--images 2000]
 
 Generates ``vehicle_extraction`` records directly in a SQLite curation DB (2% with a defect, so
-the quarantine path runs too), on items whose bytes are ``--images`` distinct small PNGs shared
-among the items (each item keeps its own sha256, so the version still holds one image file per
-record). Then, each in its own process (own peak RSS):
+the quarantine path runs too), each on its own item whose bytes are one of ``--images`` small PNGs
+made distinct by a text chunk carrying the item's number (so every item is honestly
+content-addressed: its sha256 is that of its bytes). Then, each in its own process (own peak RSS):
 
-* labelloop: ``validate_spec`` (Great Expectations) + ``export_dataset`` (three formats, checker,
-  card, images copied with fsync through the object store, manifest last);
-* baseline: the same records streamed from the DB and written with plain ``json.dumps`` to a
-  JSONL file; and the same plus a plain copy of each record's image (no fsync, no checks): the
-  least any exporter must do; and each image copied through ``ObjectStore.put`` (atomic write +
-  fsync) on 16 threads: the floor of the export's image step with this store.
+* labelloop at 1/10 and at the full size: ``validate_spec`` (Great Expectations, streamed in
+  chunks) + ``export_dataset`` (three formats, checker, card, images referenced in the spec's
+  pool, manifest last); then, at the full size, one record changed, validated and exported again:
+  the second version's new image bytes (new inodes under ``datasets/``) and all its new bytes;
+* baselines on the same DB: the records streamed and written with plain ``json.dumps`` to a JSONL
+  file (the least an exporter does), and the same plus a plain copy of each record's image.
 
-Prints records/s of each, the ratios, and peak RSS at 1/10 and the full size (memory should not
-grow with the number of records beyond the per-record bookkeeping).
+The last line is one JSON object: ``json_ratio`` (labelloop export records/s / json.dumps
+records/s), ``rss_growth`` (peak RSS full / 1/10), ``second_version_image_bytes``, and more.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import random
 import resource
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -64,26 +67,38 @@ def _record(rng: random.Random, i: int) -> dict:
     return rec
 
 
+def _png_text_chunk(text: bytes) -> bytes:
+    body = b"tEXt" + b"labelloop\x00" + text
+    return struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+
+
 def generate(home: Path, n_records: int, n_images: int) -> None:
     from sqlalchemy import insert
 
     from labelloop.db import Database, Item, Record
-    from labelloop.storage import LocalStore
     from labelloop.validation import record_hash
 
     settings = _settings(home)
     db = Database(settings.db)
     db.upgrade()
-    store = LocalStore(settings.storage.root)
-    keys = []
+    root = settings.storage.root
+    bases = []
     for j in range(n_images):
         img = Image.new("RGB", (W, H), ((j * 7) % 256, (j * 13) % 256, (j * 29) % 256))
         img.putpixel((j % W, (j // W) % H), (255, 255, 255))
         buf = io.BytesIO()
         img.save(buf, "PNG")
-        sha = hashlib.sha256(buf.getvalue()).hexdigest()
-        keys.append(f"raw/{sha[:2]}/{sha}.png")
-        store.put(keys[-1], buf.getvalue())
+        bases.append(buf.getvalue())
+    shas, sizes = [], []
+    for i in range(n_records):  # distinct bytes per item: a tEXt chunk before IEND
+        base = bases[i % n_images]
+        data = base[:-12] + _png_text_chunk(f"item {i}".encode()) + base[-12:]
+        sha = hashlib.sha256(data).hexdigest()
+        path = root / "raw" / sha[:2] / f"{sha}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        shas.append(sha)
+        sizes.append(len(data))
     rng = random.Random(7)
     chunk = 5000
     with db.transaction() as s:
@@ -94,12 +109,12 @@ def generate(home: Path, n_records: int, n_images: int) -> None:
                 [
                     {
                         "id": i + 1,
-                        "sha256": hashlib.sha256(f"bench-{i}".encode()).hexdigest(),
+                        "sha256": shas[i],
                         "media_type": "image",
                         "mime": "image/png",
                         "ext": "png",
-                        "size_bytes": 1000,
-                        "storage_key": keys[i % n_images],
+                        "size_bytes": sizes[i],
+                        "storage_key": f"raw/{shas[i][:2]}/{shas[i]}.png",
                         "width": W,
                         "height": H,
                         "meta": {},
@@ -128,14 +143,24 @@ def generate(home: Path, n_records: int, n_images: int) -> None:
     db.dispose()
 
 
-def child_labelloop(home: Path, limit: int) -> dict:
+def _inodes(root: Path) -> dict[int, int]:
+    """{inode: size} of every file under ``root`` (hard links counted once)."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            out[st.st_ino] = st.st_size
+    return out
+
+
+def child_labelloop(home: Path, limit: int, second: bool) -> dict:
     from sqlalchemy import delete, select
 
     from labelloop.db import Database, Record
     from labelloop.export import export_dataset
     from labelloop.specs import SpecRegistry
     from labelloop.storage import LocalStore
-    from labelloop.validation import validate_spec
+    from labelloop.validation import record_hash, validate_spec
 
     settings = _settings(home)
     db = Database(settings.db)
@@ -154,39 +179,34 @@ def child_labelloop(home: Path, limit: int) -> dict:
     result = export_dataset(db, store, settings, spec, validation_run_id=summary.validation_run_id)
     t2 = time.perf_counter()
     assert result.created, result.reason
-    return {
+    out = {
         "records": summary.n_records,
         "failed": summary.n_failed,
         "exported": result.counts["records"],
         "validate_s": t1 - t0,
         "export_s": t2 - t1,
+        "images_stored": result.counts["images_stored"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def child_store_copies(home: Path, threads: int = 16) -> dict:
-    """Each record's image copied through ObjectStore.put (atomic, fsync) on a thread pool: what
-    the export's image step costs at least with this store."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from sqlalchemy import select
-
-    from labelloop.db import Database, Item
-    from labelloop.storage import LocalStore
-
-    settings = _settings(home)
-    db = Database(settings.db)
-    store = LocalStore(settings.storage.root)
-    with db.session() as s:
-        rows = s.execute(select(Item.sha256, Item.storage_key)).all()
-    t0 = time.perf_counter()
-
-    def copy(row: tuple[str, str]) -> None:
-        store.put(f"baseline/images/{row[0]}.png", store.get(row[1]))
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(copy, rows))
-    return {"records": len(rows), "seconds": time.perf_counter() - t0, "peak_rss_mb": 0}
+    if second:  # change one record, validate and export again: what does the new version write?
+        datasets = settings.storage.root / "datasets"
+        before = _inodes(datasets)
+        with db.transaction() as s:
+            row = s.scalars(select(Record).order_by(Record.id).limit(1)).one()
+            row.record = {**row.record, "brand": "Volvo" if row.record.get("brand") != "Volvo" else "BYD"}
+            row.content_hash = record_hash(row.record)
+        summary2 = validate_spec(db, store, settings, spec)
+        t3 = time.perf_counter()
+        r2 = export_dataset(db, store, settings, spec, validation_run_id=summary2.validation_run_id)
+        out["second_export_s"] = time.perf_counter() - t3
+        assert r2.created and r2.version == "v0002", r2
+        new = {ino: size for ino, size in _inodes(datasets).items() if ino not in before}
+        image_dirs = (datasets / SPEC / "images", datasets / SPEC / r2.version / "images")
+        image_inodes = {os.stat(p).st_ino for d in image_dirs if d.is_dir() for p in d.iterdir()}
+        out["second_version_image_bytes"] = sum(size for ino, size in new.items() if ino in image_inodes)
+        out["second_version_bytes"] = sum(new.values())
+        out["second_version_images_stored"] = r2.counts["images_stored"]
+    return out
 
 
 def child_baseline(home: Path, copy_images: bool) -> dict:
@@ -234,9 +254,7 @@ def main() -> None:
     if args.child:
         kind, home = args.child[0], Path(args.child[1])
         if kind == "labelloop":
-            res = child_labelloop(home, int(args.child[2]))
-        elif kind == "store-copies":
-            res = child_store_copies(home)
+            res = child_labelloop(home, int(args.child[2]), args.child[2] == "0")
         else:
             res = child_baseline(home, kind == "baseline-images")
         print(json.dumps(res))
@@ -255,7 +273,6 @@ def main() -> None:
             print(f"  labelloop {name}: {runs[name]}", flush=True)
         base = run_child("baseline", str(template))
         base_img = run_child("baseline-images", str(template))
-        base_put = run_child("store-copies", str(template))
     full, small = runs["full"], runs["small"]
     n = full["records"]
     rate = {
@@ -265,25 +282,49 @@ def main() -> None:
     }
     b_json = base["records"] / base["seconds"]
     b_img = base_img["records"] / base_img["seconds"]
-    b_put = base_put["records"] / base_put["seconds"]
     print()
     print(f"records: {n} ({full['failed']} quarantined, {full['exported']} exported)")
     rows = [
         ("baseline json.dumps to JSONL", b_json, None, ""),
         ("baseline json.dumps + image copy", b_img, None, ""),
-        ("baseline image copies via store.put", b_put, None, ""),
         ("labelloop validate (GX)", rate["validate"], b_json, "json"),
-        ("labelloop export (3 formats + images)", rate["export"], b_img, "json+image"),
-        ("labelloop export vs store.put copies", rate["export"], b_put, "store.put"),
-        ("labelloop validate + export", rate["total"], b_img, "json+image"),
+        ("labelloop export (3 formats, pool)", rate["export"], b_json, "json"),
+        ("labelloop export (3 formats, pool)", rate["export"], b_img, "json+image"),
+        ("labelloop validate + export", rate["total"], b_json, "json"),
     ]
     for label, value, ref, ref_name in rows:
         ratio = f"  = {value / ref:.3f} x {ref_name} baseline" if ref else ""
         print(f"{label + ':':40s}{value:9.0f} records/s{ratio}")
+    growth = full["peak_rss_mb"] / small["peak_rss_mb"]
     print(
         f"peak RSS: labelloop {small['peak_rss_mb']:.0f} MB at {small['records']} records, "
-        f"{full['peak_rss_mb']:.0f} MB at {n} (x{full['peak_rss_mb'] / small['peak_rss_mb']:.2f}); "
-        f"baseline {base['peak_rss_mb']:.0f} MB"
+        f"{full['peak_rss_mb']:.0f} MB at {n} (x{growth:.2f}); baseline {base['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"second version (one record changed): {full['second_version_image_bytes']} image bytes, "
+        f"{full['second_version_bytes']} bytes in all, {full['second_export_s']:.1f} s"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "export",
+                "records": n,
+                "json_ratio": round(rate["export"] / b_json, 3),
+                "json_image_ratio": round(rate["export"] / b_img, 3),
+                "validate_export_json_ratio": round(rate["total"] / b_json, 3),
+                "export_records_per_s": round(rate["export"]),
+                "validate_records_per_s": round(rate["validate"]),
+                "baseline_json_records_per_s": round(b_json),
+                "baseline_json_image_records_per_s": round(b_img),
+                "rss_growth": round(growth, 3),
+                "peak_rss_mb_small": round(small["peak_rss_mb"]),
+                "peak_rss_mb_full": round(full["peak_rss_mb"]),
+                "second_version_image_bytes": full["second_version_image_bytes"],
+                "second_version_bytes": full["second_version_bytes"],
+                "second_export_s": round(full["second_export_s"], 2),
+                "images_stored_first_version": full["images_stored"],
+            }
+        )
     )
 
 

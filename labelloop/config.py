@@ -6,18 +6,27 @@ named by ``LABELLOOP_CONFIG_FILE``, and explicit keyword arguments (highest prec
 Nothing reads settings from module globals: callers build a :class:`Settings` and pass it on,
 which keeps tests and Airflow workers free of hidden shared state.
 
-Secrets are :class:`pydantic.SecretStr`, so ``repr``/logging shows ``**********``;
-:meth:`Settings.redacted` is what the CLI prints.
+Secrets are :class:`pydantic.SecretStr`, so ``repr``/logging shows ``**********``: keys, tokens
+and the database URL (it usually carries a password); :meth:`Settings.redacted` is what the CLI
+prints (the DB URL with its password masked).
+
+Typos are errors, not silently ignored settings: an unknown key in a section (YAML file or
+keyword arguments) is refused by pydantic, and an unknown ``LABELLOOP_*`` environment variable
+is refused by :func:`check_environment` with the closest known name. Variables that configure
+tooling rather than labelloop (:data:`NON_SETTING_ENV`, the ``LABELLOOP_TEST_*``/``SKIP_*``/
+``DEMO_*`` families of the test and demo scripts) are let through.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,19 +36,44 @@ from pydantic_settings import (
 )
 
 CONFIG_FILE_ENV = "LABELLOOP_CONFIG_FILE"
+ENV_PREFIX = "LABELLOOP_"
+#: LABELLOOP_* variables that are not settings: the config file, the migrations folder
+#: (labelloop.db.migrate), the sample data and MinerU virtualenv of the test and set-up scripts
+NON_SETTING_ENV = frozenset(
+    {CONFIG_FILE_ENV, "LABELLOOP_MIGRATIONS_DIR", "LABELLOOP_SAMPLE_DATA", "LABELLOOP_MINERU_VENV"}
+)
+#: families of tooling variables (tests, scripts/bootstrap.sh, scripts/demo.sh)
+NON_SETTING_ENV_PREFIXES = ("LABELLOOP_TEST_", "LABELLOOP_SKIP_", "LABELLOOP_DEMO_")
 
 
-class DatabaseSettings(BaseModel):
-    url: str = Field(
-        "sqlite:///.labelloop/labelloop.db",
-        description="SQLAlchemy URL of the curation database. SQLite is the embedded default; "
-        "production uses PostgreSQL, e.g. postgresql+psycopg://user:pw@host:5432/labelloop.",
+class _Section(BaseModel):
+    """A settings section: an unknown key is an error, never a silently ignored typo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr = Field(
+        SecretStr("sqlite:///.labelloop/labelloop.db"),
+        description="SQLAlchemy URL of the curation database (a secret: it usually holds the password). "
+        "SQLite is the embedded default; production uses PostgreSQL, e.g. "
+        "postgresql+psycopg://user:pw@host:5432/labelloop.",
     )
+
+    @property
+    def url_value(self) -> str:
+        """The URL itself, for the engine (never log it: :func:`redact_url`)."""
+        return self.url.get_secret_value()
+
+    @property
+    def url_redacted(self) -> str:
+        return redact_url(self.url.get_secret_value())
+
     echo: bool = Field(False, description="Log every SQL statement (debugging only).")
     pool_size: int = Field(5, ge=1, description="Connection pool size (PostgreSQL only).")
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(_Section):
     backend: Literal["local", "s3"] = Field(
         "local", description="Object store: a local folder (embedded default) or MinIO/S3."
     )
@@ -61,7 +95,7 @@ class StorageSettings(BaseModel):
     )
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(_Section):
     max_image_pixels: int = Field(
         100_000_000,
         ge=1,
@@ -117,7 +151,7 @@ class IngestSettings(BaseModel):
     follow_symlinks: bool = Field(False, description="Follow symbolic links when walking a folder.")
 
 
-class VLLMSettings(BaseModel):
+class VLLMSettings(_Section):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL of the vLLM server.")
     model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="Model name as served (--served-model-name).")
     model_version: str | None = Field(
@@ -136,13 +170,45 @@ class VLLMSettings(BaseModel):
     jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the resized image sent to the server.")
     max_tokens: int = Field(1024, ge=1, description="Completion token limit per request.")
     top_logprobs: int = Field(1, ge=0, le=20, description="top_logprobs to request (>=0).")
-    coordinate_mode: Literal["absolute_resized", "relative_1000"] = Field(
-        "absolute_resized",
-        description="How the model writes boxes: Qwen2.5-VL uses absolute pixels of the resized "
-        "image; Qwen2-VL and Qwen3-VL use 0-1000.",
+    model_family: Literal["auto", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = Field(
+        "auto",
+        description="Qwen-VL family of the served model, which decides the box convention and the resize "
+        "factor; auto: from the model name (a name that tells nothing is a configuration error unless "
+        "coordinate_mode, resize_factor and min_pixels are all set).",
     )
-    min_pixels: int = Field(3136, ge=1, description="Client-side resize lower bound (pixels).")
-    max_pixels: int = Field(1_003_520, ge=1, description="Client-side resize upper bound (pixels).")
+    coordinate_mode: Literal["auto", "absolute_resized", "relative_1000"] = Field(
+        "auto",
+        description="How the model writes boxes; auto: by family (Qwen2.5-VL absolute pixels of the resized "
+        "image; Qwen2-VL and Qwen3-VL 0-1000). Set it to override the family (e.g. a fine-tune).",
+    )
+    resize_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Both sides of the image sent are multiples of this (patch size x merge size); "
+        "None: by family (Qwen2/2.5-VL 28, Qwen3-VL 32).",
+    )
+    min_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="Client-side resize lower bound (pixels); None: the family's processor default "
+        "(Qwen2/2.5-VL 3136, Qwen3-VL 65536). Keep it at or above the server's own min_pixels.",
+    )
+    max_pixels: int = Field(
+        1_003_520,
+        ge=1,
+        description="Client-side resize upper bound (pixels); keep it at or below the server's own max_pixels.",
+    )
+    return_token_ids: bool = Field(
+        True,
+        description="Ask vLLM for the prompt's token ids (request field return_token_ids) to count the image "
+        "tokens it encoded exactly; servers without it are checked against a bound from usage.prompt_tokens.",
+    )
+    confidence_aggregator: Literal["min", "geomean", "joint"] = Field(
+        "min",
+        description="How a field's value-token probabilities become its confidence: the least probable "
+        "token (min), their geometric mean, or their product (joint, shrinks with length). The default is "
+        "the best calibrated on simulated logprobs (tests/test_vllm_confidence_sim.py).",
+    )
     video_family: Literal["qwen2_5_vl", "internvl"] = Field(
         "qwen2_5_vl",
         description="Request shape for video: Qwen2.5-VL takes the sampled frames as one video_url "
@@ -160,7 +226,7 @@ class VLLMSettings(BaseModel):
     )
 
 
-class MinerUSettings(BaseModel):
+class MinerUSettings(_Section):
     mode: Literal["cli", "http", "cloud"] = Field(
         "cli",
         description="Run MinerU as a CLI (its own virtualenv), call a self-hosted mineru-api (4.x, "
@@ -231,7 +297,7 @@ class MinerUSettings(BaseModel):
     cloud_max_pages: int = Field(600, ge=1, description="mineru.net page limit, checked before upload.")
 
 
-class DocumentSettings(BaseModel):
+class DocumentSettings(_Section):
     render_dpi: int = Field(144, ge=36, le=600, description="DPI of page images rendered for review and block boxes.")
     ocr_min_chars: int = Field(
         16,
@@ -247,10 +313,20 @@ class DocumentSettings(BaseModel):
     )
 
 
-class LabelStudioSettings(BaseModel):
+class LabelStudioSettings(_Section):
     url: str = Field("http://127.0.0.1:8080", description="Label Studio base URL.")
     token: SecretStr = Field(SecretStr(""), description="Legacy API token or personal access token (JWT).")
-    import_chunk: int = Field(500, ge=1, description="Tasks per bulk import request.")
+    import_chunk: int = Field(
+        1000,
+        ge=1,
+        description="Tasks per bulk import request (a chunk larger than import_max_bytes goes in several).",
+    )
+    import_max_bytes: int = Field(
+        50_000_000,
+        ge=1_000,
+        description="Largest import request body; Label Studio refuses more than 250 MB "
+        "(DATA_UPLOAD_MAX_MEMORY_SIZE) and holds a request's tasks in memory several times over.",
+    )
     project_prefix: str = Field("labelloop", description="Prefix of the project titles we create.")
     media_mode: Literal["local", "s3", "presigned"] = Field(
         "local",
@@ -267,6 +343,12 @@ class LabelStudioSettings(BaseModel):
         description="S3 endpoint URL as the Label Studio server reaches it (media_mode=s3); None: "
         "http(s)://<storage.endpoint>; '' when the server trusts its own S3_ENDPOINT env var.",
     )
+    s3_access_key: SecretStr = Field(
+        SecretStr(""),
+        description="media_mode=s3: Label Studio's own READ-ONLY access key to the bucket (s3:GetObject, "
+        "s3:ListBucket), stored in its S3 storage; required, and never the platform's storage keys.",
+    )
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="media_mode=s3: secret of s3_access_key.")
     import_timeout_s: float = Field(600.0, gt=0, description="Timeout of one bulk import request.")
     import_lock_timeout_s: float = Field(
         3600.0, gt=0, description="How long an import waits for another import of the same spec to finish."
@@ -275,12 +357,14 @@ class LabelStudioSettings(BaseModel):
     sync_overlap_s: float = Field(
         5.0,
         ge=0,
-        description="The sync re-reads this many seconds before its watermark (clock skew, "
-        "transactions committing out of order); re-read annotations are deduplicated.",
+        description="Longest a Label Studio write may take from stamping a task's updated_at to "
+        "committing it (clock skew between its workers included): the sync re-reads what was stamped "
+        "within this long before its previous read, by the server's clock; re-read annotations are "
+        "deduplicated.",
     )
 
 
-class PrelabelSettings(BaseModel):
+class PrelabelSettings(_Section):
     """What a pre-label batch does when predictions fail (see docs/architecture.md, Faults)."""
 
     max_attempts: int = Field(
@@ -305,7 +389,7 @@ class PrelabelSettings(BaseModel):
     )
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(_Section):
     use_manual_thresholds: bool = Field(
         False,
         description="Opt in to auto-accept by the manual thresholds below where calibration has certified "
@@ -332,7 +416,7 @@ class RoutingSettings(BaseModel):
     )
 
 
-class ExportSettings(BaseModel):
+class ExportSettings(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of items in the validation split.")
     max_failed_share: float = Field(
         0.05, ge=0, le=1, description="Quality gate: fail the run when more records fail validation."
@@ -347,9 +431,16 @@ class ExportSettings(BaseModel):
     formats: list[Literal["qwen", "llamafactory", "swift"]] = Field(
         default_factory=lambda: ["qwen", "llamafactory", "swift"], description="Formats written."
     )
+    image_layout: Literal["pool", "self_contained"] = Field(
+        "pool",
+        description="pool: versions point into the spec's content-addressed image pool "
+        "(datasets/<spec>/images/, written once per image; annotation files name ../images/...); "
+        "self_contained: each version also gets its own images/ folder, made by hard links on a local "
+        "store and server-side copies on S3.",
+    )
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(_Section):
     launcher: Literal["subprocess", "http", "kubernetes"] = Field(
         "subprocess", description="How the training DAG starts training."
     )
@@ -362,7 +453,7 @@ class TrainingSettings(BaseModel):
     workdir: Path = Field(Path(".labelloop/training"), description="Where launches run and log.")
 
 
-class CalibrationSettings(BaseModel):
+class CalibrationSettings(_Section):
     target_error: float = Field(
         0.02,
         gt=0,
@@ -381,7 +472,7 @@ class CalibrationSettings(BaseModel):
     )
 
 
-class SpecSettings(BaseModel):
+class SpecSettings(_Section):
     dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Extra folders of task specs, each holding NAME.yaml and the label config it names "
@@ -444,6 +535,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        check_environment(os.environ)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = os.environ.get(CONFIG_FILE_ENV)
         if path:
@@ -455,7 +547,7 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dump with every secret (and password inside URLs) masked."""
         data = self.model_dump(mode="json")
-        data["db"]["url"] = redact_url(self.db.url)
+        data["db"]["url"] = self.db.url_redacted
         return data
 
 
@@ -471,6 +563,53 @@ def redact_url(url: str) -> str:
         return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
+def _env_names(model: type[BaseModel], prefix: str) -> tuple[set[str], set[str]]:
+    """(leaf variable names, names of mapping settings whose keys may extend the name)."""
+    leaves: set[str] = set()
+    mappings: set[str] = set()
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            sub_leaves, sub_maps = _env_names(ann, env + "__")
+            leaves |= sub_leaves | {env}  # a whole section may come as JSON
+            mappings |= sub_maps
+            continue
+        leaves.add(env)
+        if ann is dict or get_origin(ann) is dict or any(get_origin(a) is dict for a in get_args(ann)):
+            mappings.add(env)
+    return leaves, mappings
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse unknown ``LABELLOOP_*`` variables, naming the closest known one.
+
+    pydantic-settings reads the variables it knows and ignores the rest, so a misspelt
+    ``LABELLOOP_VLLM__MODLE`` (or ``LABELLOOP_VLLM_MODEL`` with one underscore) would leave the
+    default in force without a word. Names are compared case-insensitively, as the settings read them.
+    """
+    leaves, mappings = _env_names(Settings, ENV_PREFIX)
+    unknown = []
+    for raw in environ:
+        name = raw.upper()
+        if not name.startswith(ENV_PREFIX) or name in leaves or name in NON_SETTING_ENV:
+            continue
+        if name.startswith(NON_SETTING_ENV_PREFIXES) or any(name.startswith(m + "__") for m in mappings):
+            continue
+        unknown.append(raw)
+    if unknown:
+        lines = []
+        # compared without the common prefix, which would make every name look alike
+        known = sorted(n[len(ENV_PREFIX) :] for n in leaves)
+        for raw in sorted(unknown):
+            close = difflib.get_close_matches(raw.upper()[len(ENV_PREFIX) :], known, n=1, cutoff=0.75)
+            lines.append(f"{raw}" + (f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""))
+        raise ValueError(
+            "unknown labelloop environment variable(s): " + "; ".join(lines) + ". Every setting is listed in "
+            "docs/configuration.md (labelloop config docs)."
+        )
+
+
 def iter_setting_docs(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str]]:
     """(env var, default, description) for every leaf setting; feeds docs/configuration.md."""
     rows: list[tuple[str, str, str]] = []
@@ -481,7 +620,8 @@ def iter_setting_docs(model: type[BaseModel] = Settings, prefix: str = "") -> li
             continue
         default = field.get_default(call_default_factory=True)
         if isinstance(default, SecretStr):
-            shown = "(secret)"
+            # a default URL holds no password worth hiding; every other secret is shown as such
+            shown = redact_url(default.get_secret_value()) if name == "url" else "(secret)"
         elif isinstance(default, Path):
             shown = str(default)
         else:

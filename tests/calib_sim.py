@@ -17,6 +17,7 @@ token probabilities behave; the scenarios change who is wrong and where:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,3 +132,90 @@ class Loop:
             np.concatenate(self.pi),
             np.concatenate(self.floor),
         )
+
+
+# --------------------------------------------------------------------------- a correction log in the DB
+
+
+def log_records(
+    db: Any,
+    records: list[tuple[dict[str, tuple[float, bool]], str]],
+    *,
+    spec: str = "vehicle_extraction",
+    model: str = "qwen",
+    mv: str = "v1",
+    ph: str = "p1",
+    audit_rate: float = 0.05,
+) -> None:
+    """Insert reviewed records the way routing and review sync would: per record an item, a prediction,
+    a routing decision with its sampling design, an annotation and one correction row per field.
+    ``records``: ({field: (confidence, changed)}, route); "review" rows stand for the full-review phase
+    (a random sample, probability 1), "audit" rows for the hash sample at ``audit_rate``."""
+    from sqlalchemy import func, select
+    from synthetic import synthetic_items
+
+    from labelloop.db import Annotation, FieldCorrection, Item, Prediction, ReviewTask
+    from labelloop.db.types import utcnow
+
+    with db.transaction() as s:
+        base = int(s.scalar(select(func.count()).select_from(Item)) or 0)
+        items = synthetic_items(s, (f"calibration-record-{base + i}" for i in range(len(records))))
+        for i, ((fields, route), item) in enumerate(zip(records, items, strict=True)):
+            n = base + i
+            pred = Prediction(
+                item_id=item.id,
+                spec=spec,
+                backend="vllm",
+                model=model,
+                model_version=mv,
+                prompt_hash=ph,
+                status="ok",
+                record={f: "A" for f in fields},
+                field_confidence={f: c for f, (c, _) in fields.items()},
+                confidence=min(c for c, _ in fields.values()),
+            )
+            s.add(pred)
+            s.flush()
+            task = ReviewTask(
+                prediction_id=pred.id,
+                item_id=item.id,
+                spec=spec,
+                route=route,
+                status="completed",
+                external_id=f"t{n}",
+                design="audit" if route == "audit" else "full_review",
+                inclusion_prob=audit_rate if route == "audit" else 1.0,
+                audit_rate=audit_rate,
+            )
+            s.add(task)
+            s.flush()
+            ann = Annotation(
+                review_task_id=task.id,
+                ls_annotation_id=n,
+                ls_task_id=n,
+                ls_updated_at=utcnow(),
+                lead_time_s=12.0,
+                result=[],
+                record={f: "B" if ch else "A" for f, (_, ch) in fields.items()},
+            )
+            s.add(ann)
+            s.flush()
+            for f, (conf, changed) in fields.items():
+                s.add(
+                    FieldCorrection(
+                        annotation_id=ann.id,
+                        review_task_id=task.id,
+                        item_id=item.id,
+                        spec=spec,
+                        field=f,
+                        model=model,
+                        model_version=mv,
+                        prompt_hash=ph,
+                        route=route,
+                        model_value="A",
+                        model_confidence=conf,
+                        human_value="B" if changed else "A",
+                        changed=changed,
+                        distance=float(changed),
+                    )
+                )

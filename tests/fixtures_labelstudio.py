@@ -7,19 +7,22 @@ starts one server per module; verified with pytest 9.2.) The server runs from ``
 free port with a fresh data directory (the preset legacy token needs a fresh organisation), its
 ``LOCAL_FILES_DOCUMENT_ROOT`` pointed at a temporary folder under which each test gets its own
 object store, and is stopped (process group terminated) at the end of the session. While working
-on the tests, ``LABELLOOP_TEST_LS_URL``/``_TOKEN``/``_FILES_ROOT`` reuse a server already running
-(every test uses its own project prefix and users, so runs do not interfere).
+on the tests, ``LABELLOOP_TEST_LS_URL``/``_TOKEN``/``_FILES_ROOT`` (and ``_DATA_DIR``) reuse a server
+already running (every test uses its own project prefix and users, so runs do not interfere).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
 import random
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 from PIL import Image
+from synthetic import synthetic_items
 
 from labelloop.config import DatabaseSettings, LabelStudioSettings, RoutingSettings, Settings, StorageSettings
 from labelloop.db import Database, Item, Prediction
@@ -39,6 +43,20 @@ from labelloop.storage import LocalStore
 REPO = Path(__file__).resolve().parents[1]
 LS_EXECUTABLE = REPO / ".venv-ls" / "bin" / "label-studio"
 ANNOTATOR_PASSWORD = "Ann0tator-Pass!"
+#: Debian's Chromium (scripts/ensure-chromium.sh), never a browser downloaded by ``playwright install``
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: screenshots for a human to look at
+ARTIFACTS = REPO / "test-artifacts"
 
 
 @dataclass
@@ -60,6 +78,8 @@ class LabelStudioTestServer:
     url: str
     token: str
     files_root: Path
+    #: the server's data directory (its SQLite DB), where a test needs to reach behind the API
+    data_dir: Path | None = None
 
     def client(self) -> LabelStudio:
         return make_client(self.url, self.token)
@@ -101,6 +121,35 @@ class LabelStudioTestServer:
             assert r.status_code == 201, r.text
             return Annotator(email=email, password=password, token=r.json()["token"], url=self.url)
 
+    @contextmanager
+    def annotator_page(self, prefix: str, *, height: int = 1000) -> Iterator[Any]:
+        """A headless Chromium page logged in through /user/login as a fresh annotator (who joined by
+        the invite link): what every browser test starts from. Fails, never skips, without Chromium."""
+        if not CHROMIUM.exists():
+            pytest.fail("Chromium missing: run scripts/ensure-chromium.sh")
+        from playwright.sync_api import sync_playwright
+
+        annotator = self.signup(f"{prefix}-{uuid.uuid4().hex[:8]}@example.com")
+        ARTIFACTS.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport={"width": 1600, "height": height},
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"{self.url}/user/login/")
+                page.fill("input[name=email]", annotator.email)
+                page.fill("input[name=password]", annotator.password)
+                page.click("button[type=submit], input[type=submit]")
+                page.wait_for_url(lambda url: "/user/login" not in url, timeout=30_000)
+                yield page
+            finally:
+                browser.close()
+
 
 _RUNNING: LabelStudioTestServer | None = None
 
@@ -116,6 +165,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
             os.environ["LABELLOOP_TEST_LS_URL"],
             os.environ["LABELLOOP_TEST_LS_TOKEN"],
             Path(os.environ["LABELLOOP_TEST_LS_FILES_ROOT"]),
+            Path(os.environ["LABELLOOP_TEST_LS_DATA_DIR"]) if os.environ.get("LABELLOOP_TEST_LS_DATA_DIR") else None,
         )
         return
     if not LS_EXECUTABLE.exists():
@@ -123,7 +173,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     base = tmp_path_factory.mktemp("label-studio")
     server = LocalLabelStudio(executable=LS_EXECUTABLE, data_dir=base / "data", local_files_root=base / "files")
     server.start(timeout=240)
-    _RUNNING = LabelStudioTestServer(server.url, server.token, server.local_files_root)
+    _RUNNING = LabelStudioTestServer(server.url, server.token, server.local_files_root, server.data_dir)
     try:
         yield _RUNNING
     finally:
@@ -144,21 +194,28 @@ def png_bytes(width: int, height: int, seed: int) -> bytes:
 
 
 def add_image_item(
-    db: Database, store: LocalStore | None, seed: int, *, width: int = 640, height: int = 480, data: bytes | None = None
+    db: Database,
+    store: LocalStore | None,
+    seed: int,
+    *,
+    width: int = 640,
+    height: int = 480,
+    data: bytes | None = None,
+    ext: str = "png",
 ) -> Item:
     """An image item; with a store its bytes are stored too (needed only where a browser looks)."""
     if data is None and store is not None:
         data = png_bytes(width, height, seed)
     sha = hashlib.sha256(data if data is not None else f"item-{seed}-{uuid.uuid4()}".encode()).hexdigest()
-    key = f"raw/{sha[:2]}/{sha}.png"
+    key = f"raw/{sha[:2]}/{sha}.{ext}"
     if store is not None and data is not None:
         store.put(key, data)
     with db.session() as s:
         item = Item(
             sha256=sha,
             media_type="image",
-            mime="image/png",
-            ext="png",
+            mime="image/jpeg" if ext in ("jpg", "jpeg") else f"image/{ext}",
+            ext=ext,
             size_bytes=len(data or b""),
             storage_key=key,
             width=width,
@@ -202,6 +259,26 @@ def add_prediction(
         return pred
 
 
+def add_two_page_pdf(db: Database, spec: TaskSpec, confidence: float, *, sha: str = "cd" * 32) -> Item:
+    """A two-page PDF item (no bytes) with a prediction of ``spec`` (document_layout) for both pages."""
+    with db.session() as s:
+        pdf = Item(
+            sha256=sha,
+            media_type="document",
+            mime="application/pdf",
+            ext="pdf",
+            size_bytes=1,
+            storage_key=f"raw/{sha[:2]}/{sha}.pdf",
+            page_count=2,
+        )
+        s.add(pdf)
+        s.commit()
+    record = sample_record(spec.name, sha=sha)
+    record["pages"].append({**copy.deepcopy(record["pages"][0]), "page": 1, "image_key": f"pages/{sha}/1.png"})
+    add_prediction(db, spec, pdf, record, {"blocks": confidence})
+    return pdf
+
+
 def add_vehicle_batch(
     db: Database,
     spec: TaskSpec,
@@ -215,23 +292,7 @@ def add_vehicle_batch(
     The items have no bytes in any store: enough for import/sync, where nobody looks at pixels.
     """
     with db.session() as s:
-        items = []
-        for i in range(len(confidences)):
-            sha = hashlib.sha256(f"vehicle-{tag}-{i}-{uuid.uuid4()}".encode()).hexdigest()
-            items.append(
-                Item(
-                    sha256=sha,
-                    media_type="image",
-                    mime="image/png",
-                    ext="png",
-                    size_bytes=1,
-                    storage_key=f"raw/{sha[:2]}/{sha}.png",
-                    width=640,
-                    height=480,
-                )
-            )
-        s.add_all(items)
-        s.flush()
+        items = synthetic_items(s, (f"vehicle-{tag}-{i}-{uuid.uuid4()}" for i in range(len(confidences))))
         preds = [
             Prediction(
                 item_id=it.id,

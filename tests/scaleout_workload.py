@@ -98,6 +98,9 @@ def labelloop_env(
         "LABELLOOP_HOME": str(home),
         "LABELLOOP_ROUTING__DEFAULT_THRESHOLD": str(THRESHOLD),
         "LABELLOOP_LABEL_STUDIO__MEDIA_MODE": "s3",
+        # Label Studio's own key (moto does not enforce policies; a real bucket gives it read-only)
+        "LABELLOOP_LABEL_STUDIO__S3_ACCESS_KEY": "ls-read-only",
+        "LABELLOOP_LABEL_STUDIO__S3_SECRET_KEY": "ls-read-only-secret",
         **connection_env(
             curation_db_url=curation_db_url,
             s3=s3,

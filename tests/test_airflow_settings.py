@@ -15,7 +15,7 @@ def test_no_connections_means_environment_defaults(monkeypatch: pytest.MonkeyPat
     for var in ("AIRFLOW_CONN_LABELLOOP_DB", "AIRFLOW_CONN_LABELLOOP_S3"):
         monkeypatch.delenv(var, raising=False)
     base = Settings()
-    assert airflow_settings(base).db.url == base.db.url
+    assert airflow_settings(base).db.url_value == base.db.url_value
     assert airflow_settings(base).storage.backend == base.storage.backend
 
 
@@ -39,7 +39,7 @@ def test_curation_db_and_object_store_connections(monkeypatch: pytest.MonkeyPatc
         ),
     )
     s = airflow_settings(Settings())
-    assert s.db.url == "postgresql+psycopg://cur:pw@db.example:5432/labelloop"
+    assert s.db.url_value == "postgresql+psycopg://cur:pw@db.example:5432/labelloop"
     st = s.storage
     assert (st.backend, st.endpoint, st.secure, st.region, st.bucket) == (
         "s3",

@@ -7,15 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from calib_sim import log_records
 from sqlalchemy import func, select
 
 from labelloop.calibration import DriftDetected, calibrate, choose_threshold, current_thresholds
-from labelloop.calibration.report import write_report
 from labelloop.calibration.stats import clopper_pearson_upper, wilson_lower, wilson_upper
 from labelloop.config import CalibrationSettings
-from labelloop.db import Annotation, Database, FieldCorrection, Item, Prediction, ReviewTask, Threshold
-from labelloop.db.types import utcnow
-from labelloop.storage import LocalStore
+from labelloop.db import Database, Item, Prediction, Threshold
 
 TARGET = 0.02
 #: the DB-backed tests are about versioning and the drift guard, not power: a target the simulated
@@ -123,80 +121,10 @@ def _log(
     mv: str = "v1",
     ph: str = "p1",
 ) -> None:
-    """Insert a correction log the way review sync would (one item/prediction/task/annotation each)."""
-    with db.transaction() as s:
-        base = int(s.scalar(select(func.count()).select_from(Item)) or 0)
-        for i, (conf, changed, route) in enumerate(rows):
-            n = base + i
-            item = Item(
-                sha256=f"{n:064x}",
-                media_type="image",
-                mime="image/png",
-                ext="png",
-                size_bytes=1,
-                storage_key=f"raw/x/{n}.png",
-                width=10,
-                height=10,
-            )
-            s.add(item)
-            s.flush()
-            pred = Prediction(
-                item_id=item.id,
-                spec=spec,
-                backend="vllm",
-                model=model,
-                model_version=mv,
-                prompt_hash=ph,
-                status="ok",
-                record={fld: "A"},
-                field_confidence={fld: conf},
-                confidence=conf,
-            )
-            s.add(pred)
-            s.flush()
-            task = ReviewTask(
-                prediction_id=pred.id,
-                item_id=item.id,
-                spec=spec,
-                route=route,
-                status="completed",
-                external_id=f"t{n}",
-                # "review" rows here stand for the full-review phase (a random sample, probability 1)
-                design="audit" if route == "audit" else "full_review",
-                inclusion_prob=0.05 if route == "audit" else 1.0,
-                audit_rate=0.05,
-            )
-            s.add(task)
-            s.flush()
-            ann = Annotation(
-                review_task_id=task.id,
-                ls_annotation_id=n,
-                ls_task_id=n,
-                ls_updated_at=utcnow(),
-                lead_time_s=12.0,
-                result=[],
-                record={fld: "B" if changed else "A"},
-            )
-            s.add(ann)
-            s.flush()
-            s.add(
-                FieldCorrection(
-                    annotation_id=ann.id,
-                    review_task_id=task.id,
-                    item_id=item.id,
-                    spec=spec,
-                    field=fld,
-                    model=model,
-                    model_version=mv,
-                    prompt_hash=ph,
-                    route=route,
-                    model_value="A",
-                    model_confidence=conf,
-                    human_value="B" if changed else "A",
-                    changed=changed,
-                    distance=float(changed),
-                )
-            )
+    """Insert a one-field correction log the way review sync would (see calib_sim.log_records)."""
+    log_records(
+        db, [({fld: (conf, changed)}, route) for conf, changed, route in rows], spec=spec, model=model, mv=mv, ph=ph
+    )
 
 
 def _sim_rows(seed: int, n: int, route: str = "review") -> list[tuple[float, bool, str]]:
@@ -278,19 +206,6 @@ def test_clean_audits_do_not_trip_the_guard(sqlite_db: Database) -> None:
     _log(sqlite_db, [(float(c), False, "audit") for c in np.linspace(t.threshold, 1, 60)])
     result = calibrate(sqlite_db, settings)
     assert result.drift == []
-
-
-def test_report_has_plots_time_saved_and_html(sqlite_db: Database, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings = CalibrationSettings(target_error=DB_TARGET, min_samples=50)
-    _log(sqlite_db, _sim_rows(7, 1200) + _sim_rows(8, 100, route="audit"))
-    result = calibrate(sqlite_db, settings)
-    store = LocalStore(tmp_path)
-    key = write_report(sqlite_db, store, result, TARGET, run_id="r1")
-    page = store.get(key).decode()
-    assert "vehicle_extraction.plate_number" in page and "hours saved" in page
-    for name in ("reliability-0.png", "coverage-0.png"):
-        assert store.get(f"reports/calibration/r1/{name}").startswith(b"\x89PNG")
-    assert b"r1/index.html" in store.get("reports/calibration/latest.html")
 
 
 def test_cli_calibrate_and_thresholds(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -191,7 +191,7 @@ def test_connection_env_is_what_the_hooks_read(tmp_path: Path) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    assert s.db.url == "postgresql+psycopg://postgres@127.0.0.1:5432/curation"
+    assert s.db.url_value == "postgresql+psycopg://postgres@127.0.0.1:5432/curation"
     assert (s.storage.backend, s.storage.endpoint, s.storage.bucket) == ("s3", "127.0.0.1:9000", "bk")
     assert s.storage.access_key.get_secret_value() == "ak"
     assert (s.label_studio.url, s.label_studio.project_prefix, s.label_studio.media_mode) == (

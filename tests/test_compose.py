@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -610,7 +611,7 @@ def test_airflow_env_loads_into_settings(airflow_env: dict[str, str], monkeypatc
         if key.startswith("LABELLOOP_"):
             monkeypatch.setenv(key, value)
     s = Settings()
-    assert s.db.url.startswith("postgresql+psycopg://labelloop:")
+    assert s.db.url_value.startswith("postgresql+psycopg://labelloop:")
     assert s.storage.backend == "s3" and s.storage.endpoint == "minio:9000" and not s.storage.secure
     assert s.storage.public_endpoint
     assert s.vllm.base_url == "http://vllm:8000/v1"
@@ -651,16 +652,75 @@ def test_gpu_reservation(compose: dict[str, Any], service: str, required: bool) 
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
 
 
-def test_mineru_api_build(compose: dict[str, Any]) -> None:
-    svc = compose["services"]["mineru-api"]
+def test_mineru_api_build(resolved: dict[str, Any]) -> None:
+    """The image runs MinerU 4.0.12's own API server at the tier whose models it bakes in, and is
+    checked on its 4.x health route (the names are MinerU 4.0.12's, read from the wheel in
+    .venv-mineru: extras, `mineru-kit models download`, `mineru-api --tier`, `/v1/health`)."""
+    svc = resolved["services"]["mineru-api"]
     dockerfile = (REPO / svc["build"]["context"] / svc["build"].get("dockerfile", "Dockerfile")).read_text()
-    assert re.search(r"^FROM python:", dockerfile, re.M)
-    assert 'pip install "mineru[core]==2.5.4"' in dockerfile
+    assert re.search(r"^FROM python:3\.1[0-4]", dockerfile, re.M)  # mineru 4.x: Python >=3.10,<3.15
+    pins = re.findall(r'pip install "mineru\[(\w+)\]==([\d.]+)"', dockerfile)
+    assert pins == [("torch", "4.0.12")]  # 4.x has no `core` extra; `torch` runs the basic tier
     # The version labelloop records with MinerU predictions is the one the image installs.
-    assert env_dict(compose["x-airflow-common"]).get("LABELLOOP_MINERU__VERSION", "2.5.4") == "2.5.4"
-    assert "mineru-models-download -s huggingface -m pipeline" in dockerfile
+    assert env_dict(resolved["x-airflow-common"])["LABELLOOP_MINERU__VERSION"] == pins[0][1]
+    assert svc["image"].endswith(f":{pins[0][1]}")
+    download = re.search(r"^RUN mineru-kit models download (.+)$", dockerfile, re.M)
+    assert download, "the image must bake in MinerU's models"
+    dl = shlex.split(download.group(1))
+    assert flag_value(dl, "-s") in ("huggingface", "modelscope")
+    # the backend the server runs is the one whose models were downloaded (MinerU's `auto` would pick
+    # onnx on a CPU-only host and fetch other models)
+    assert re.search(rf"MINERU_MODEL_SMALL_BACKEND={flag_value(dl, '--small-backend')}\b", dockerfile)
+    assert "MINERU_MODEL_SOURCE=local" in dockerfile and env_dict(svc)["MINERU_MODEL_SOURCE"] == "local"
     args = command_list(svc)
     assert args[0] == "mineru-api" and flag_value(args, "--host") == "0.0.0.0"
+    # the server's tier is the one whose models were downloaded (else it would fetch them at run time)
+    assert flag_value(args, "--tier") == flag_value(dl, "--tier") == "basic"
+    docker_cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
+    assert docker_cmd == args  # the image runs the same command on its own
+    assert "localhost:8000/v1/health" in healthcheck_test(svc)
+    assert "localhost:8000/v1/health" in dockerfile  # the image's own HEALTHCHECK
+    assert "openapi.json" not in healthcheck_test(svc) + dockerfile
+
+
+def test_mineru_image_names_exist_in_the_installed_mineru(resolved: dict[str, Any]) -> None:
+    """The extra, console scripts, options and route the image uses are those of the MinerU wheel
+    the tests run for real (.venv-mineru, pinned to the same version), read from its files."""
+    venv = REPO / ".venv-mineru"
+    dist = sorted(venv.glob("lib/python*/site-packages/mineru-*.dist-info"))
+    if not dist:
+        pytest.skip("no .venv-mineru (scripts/ensure-mineru.sh builds it)")
+    site = dist[0].parent
+    svc = resolved["services"]["mineru-api"]
+    dockerfile = (REPO / svc["build"]["context"] / "Dockerfile").read_text()
+    (extra, version), *_ = re.findall(r'pip install "mineru\[(\w+)\]==([\d.]+)"', dockerfile)
+    assert dist[0].name == f"mineru-{version}.dist-info"
+    meta = (dist[0] / "METADATA").read_text()
+    assert f"Provides-Extra: {extra}" in meta
+    scripts = (dist[0] / "entry_points.txt").read_text()
+    assert re.search(r"^mineru-api = ", scripts, re.M) and re.search(r"^mineru-kit = ", scripts, re.M)
+    api_cli = (site / "mineru" / "kit" / "commands" / "api_server.py").read_text()
+    for flag in ("--host", "--port", "--tier"):
+        assert f'"{flag}"' in api_cli, flag
+    models_cli = (site / "mineru" / "kit" / "commands" / "models.py").read_text()
+    dl = shlex.split(re.search(r"^RUN mineru-kit models download (.+)$", dockerfile, re.M).group(1))
+    for flag in (a for a in dl if a.startswith("-")):
+        assert f'"{flag}"' in models_cli, flag
+    assert '"/v1/health"' in (site / "mineru" / "parser" / "api_server.py").read_text()
+    # the image's ENV, read by that MinerU's own config: models where the download put them, and the
+    # small backend the download chose
+    env_lines = re.findall(r"^ENV ((?:.*\\\n)*.*)$", dockerfile, re.M)
+    image_env = dict(kv.split("=", 1) for line in env_lines for kv in shlex.split(line.replace("\\\n", " ")))
+    probe = "from mineru.config import config; print(config.model.small_backend, config.model.base_dir)"
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        env={"PATH": os.environ.get("PATH", ""), **image_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert out == [flag_value(dl, "--small-backend"), f"{image_env['MINERU_HOME']}/models"]
 
 
 def test_label_studio(resolved: dict[str, Any], airflow_env: dict[str, str]) -> None:
@@ -687,6 +747,10 @@ def test_minio_init_creates_the_bucket(resolved: dict[str, Any], airflow_env: di
     assert "mc mb" in script and "$S3_BUCKET" in script
     assert env_dict(init)["S3_BUCKET"] == airflow_env["LABELLOOP_STORAGE__BUCKET"]
     assert env_dict(init)["S3_ACCESS_KEY"] == airflow_env["LABELLOOP_STORAGE__ACCESS_KEY"]
+    # Label Studio's storage key is its own and read-only, never the platform's
+    ls_key = airflow_env["LABELLOOP_LABEL_STUDIO__S3_ACCESS_KEY"]
+    assert env_dict(init)["LS_S3_ACCESS_KEY"] == ls_key != airflow_env["LABELLOOP_STORAGE__ACCESS_KEY"]
+    assert 'policy attach local readonly --user "$LS_S3_ACCESS_KEY"' in script
     assert "http://minio:9000" in script
     assert resolved["services"]["minio"]["image"].startswith("minio/minio:")
 

@@ -28,7 +28,7 @@ ASSET_URI = "labelloop://datasets/"
 def labelloop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, Database, LocalStore]:
     settings = make_settings(tmp_path, val_fraction=0.0)
     monkeypatch.setenv("LABELLOOP_HOME", str(tmp_path))
-    monkeypatch.setenv("LABELLOOP_DB__URL", settings.db.url)
+    monkeypatch.setenv("LABELLOOP_DB__URL", settings.db.url_value)
     monkeypatch.setenv("LABELLOOP_STORAGE__BACKEND", "local")
     monkeypatch.setenv("LABELLOOP_STORAGE__ROOT", str(settings.storage.root))
     monkeypatch.setenv("LABELLOOP_TRAINING__WORKDIR", str(settings.training.workdir))

@@ -193,3 +193,27 @@ def test_every_label_studio_import_shares_one_pool(bag: Any) -> None:
         task = bag.dags[dag_id].get_task("route_and_import")
         pool = task.partial_kwargs.get("pool") if hasattr(task, "partial_kwargs") else task.pool
         assert pool == "labelloop_label_studio", dag_id
+
+
+def test_every_operator_of_the_provider_is_used_by_a_dag(bag: Any) -> None:
+    """No operator or sensor class in ``labelloop_airflow`` that no shipped DAG runs (an unused one
+    is untested wiring that users would find in the package and trust)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import labelloop_airflow
+    from airflow.sdk import BaseOperator
+
+    defined = set()
+    for mod in pkgutil.walk_packages(labelloop_airflow.__path__, "labelloop_airflow."):
+        module = importlib.import_module(mod.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseOperator) and cls.__module__ == module.__name__:
+                defined.add(cls)
+    assert defined, "no operators found: the package layout changed"
+    # a mapped task (``.partial().expand()``) is a MappedOperator naming the class it runs
+    used = {getattr(t, "operator_class", type(t)) for dag in bag.dags.values() for t in dag.tasks}
+    used |= {c for c in defined for u in used if issubclass(u, c)}  # base classes of used ones count
+    unused = sorted(c.__qualname__ for c in defined - used)
+    assert unused == [], f"operators no DAG uses: {unused}"

@@ -8,7 +8,6 @@ runtime); each test then checks one property of the stored records and page imag
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pymupdf
 import pytest
 from sqlalchemy import func, select
+from synthetic import add_pdf_item, pdf_item
 
 from labelloop.config import DatabaseSettings, DocumentSettings, IngestSettings, Settings, StorageSettings
 from labelloop.db import Database, Item, Prediction
@@ -50,19 +50,6 @@ def cpu_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, LocalSt
     return settings, LocalStore(root / "objects")
 
 
-def fake_item(data: bytes, item_id: int = 1) -> Item:
-    sha = hashlib.sha256(data).hexdigest()
-    return Item(
-        id=item_id,
-        sha256=sha,
-        media_type="document",
-        mime="application/pdf",
-        ext="pdf",
-        size_bytes=len(data),
-        storage_key=f"raw/{sha[:2]}/{sha}.pdf",
-    )
-
-
 @pytest.fixture(scope="module")
 def results(
     sample_data: Path, cpu_env: tuple[Settings, LocalStore], spec: TaskSpec
@@ -72,7 +59,7 @@ def results(
     out = {}
     for i, name in enumerate(DOCS, start=1):
         data = (sample_data / "documents" / f"{name}.pdf").read_bytes()
-        item = fake_item(data, i)
+        item = pdf_item(data, i)
         out[name] = (item, asyncio.run(backend.predict(item, data, spec)))
     return out
 
@@ -208,7 +195,7 @@ def test_predict_again_writes_no_image(
     settings, store = cpu_env
     before = {o.key: o.modified for o in store.list("pages/")}
     data = (sample_data / "documents" / "mineru-demo2.pdf").read_bytes()
-    res = asyncio.run(PyMuPDFLayoutBackend(settings, store).predict(fake_item(data, 2), data, spec))
+    res = asyncio.run(PyMuPDFLayoutBackend(settings, store).predict(pdf_item(data, 2), data, spec))
     assert res.status == "ok" and res.confidence_detail["images_written"] == 0
     assert res.record == results["mineru-demo2"][1].record  # deterministic
     assert {o.key: o.modified for o in store.list("pages/")} == before
@@ -237,25 +224,6 @@ ZERO_PAGES = (
 )
 
 
-def add_item(db: Database, store: ObjectStore, data: bytes, name: str) -> int:
-    sha = hashlib.sha256(data).hexdigest()
-    key = f"raw/{sha[:2]}/{sha}.pdf"
-    store.put(key, data)
-    with db.transaction() as s:
-        item = Item(
-            sha256=sha,
-            media_type="document",
-            mime="application/pdf",
-            ext="pdf",
-            size_bytes=len(data),
-            storage_key=key,
-            meta={"name": name},
-        )
-        s.add(item)
-        s.flush()
-        return item.id
-
-
 def snapshot(store: ObjectStore) -> dict[str, Any]:
     return {o.key: (o.size, o.modified) for o in store.list("")}
 
@@ -265,11 +233,11 @@ def test_bad_documents_are_recorded_and_the_batch_goes_on(
 ) -> None:
     settings = sqlite_settings.model_copy(update={"ingest": IngestSettings(max_pdf_pages=3)})
     ids = {
-        "good": add_item(sqlite_db, store, small_pdf(2), "good"),
-        "encrypted": add_item(sqlite_db, store, encrypted_pdf(), "encrypted"),
-        "corrupt": add_item(sqlite_db, store, b"%PDF-1.7\n" + bytes(range(256)) * 8, "corrupt"),
-        "zero": add_item(sqlite_db, store, ZERO_PAGES, "zero"),
-        "long": add_item(sqlite_db, store, small_pdf(4), "long"),
+        "good": add_pdf_item(sqlite_db, store, small_pdf(2), "good"),
+        "encrypted": add_pdf_item(sqlite_db, store, encrypted_pdf(), "encrypted"),
+        "corrupt": add_pdf_item(sqlite_db, store, b"%PDF-1.7\n" + bytes(range(256)) * 8, "corrupt"),
+        "zero": add_pdf_item(sqlite_db, store, ZERO_PAGES, "zero"),
+        "long": add_pdf_item(sqlite_db, store, small_pdf(4), "long"),
     }
     backend = make_backend("pymupdf", settings, store)
     stats = run_prelabel_sync(sqlite_db, store, spec, backend, concurrency=3)
@@ -314,10 +282,10 @@ def test_document_operator_runs_one_batch(
     from labelloop_airflow.prelabel import PrelabelOperator
 
     monkeypatch.setenv("LABELLOOP_HOME", str(sqlite_settings.home))
-    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url)
+    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url_value)
     monkeypatch.setenv("LABELLOOP_STORAGE__ROOT", str(sqlite_settings.storage.root))
-    first = add_item(sqlite_db, store, small_pdf(1), "a")
-    add_item(sqlite_db, store, small_pdf(1, "Another document entirely, about rivers."), "b")
+    first = add_pdf_item(sqlite_db, store, small_pdf(1), "a")
+    add_pdf_item(sqlite_db, store, small_pdf(1, "Another document entirely, about rivers."), "b")
     op = PrelabelOperator(task_id="prelabel_documents", spec="document_layout", backend="pymupdf", item_ids=[first])
     out = op.execute({})
     assert (out["considered"], out["ok"], out["failed"]) == (1, 1, 0)
@@ -326,3 +294,26 @@ def test_document_operator_runs_one_batch(
         assert [p.item_id for p in s.scalars(select(Prediction))] == [first]
     with pytest.raises(ValueError, match="not a document backend"):
         PrelabelOperator(task_id="x", spec="document_layout", backend="vllm").execute({})
+
+
+def test_a_block_the_layout_model_did_not_score_is_zero_not_one(
+    sample_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown is review: with no layout region matched (here: the score hook gives none), every
+    text-layer block scores 0 and the detail counts them, as MinerU does for unscored blocks."""
+    from labelloop.config import DocumentSettings
+    from labelloop.documents import layout_scores
+    from labelloop.documents.pymupdf_layout import UNSCORED_BLOCK_SCORE, PyMuPDFLayoutAnalyzer
+    from labelloop.documents.render import open_pdf, page_geometry
+
+    monkeypatch.setattr(layout_scores, "match_score", lambda *_a, **_k: None)
+    data = (sample_data / "documents" / "mineru-demo1.pdf").read_bytes()
+    doc = open_pdf(data, max_pages=50)
+    try:
+        geoms = [page_geometry(doc[i], 72, "ab" * 32) for i in range(doc.page_count)]
+        result = PyMuPDFLayoutAnalyzer(DocumentSettings()).analyze(doc, geoms, pages={0})
+    finally:
+        doc.close()
+    text_blocks = [b for b in result.blocks[0] if b.source == "text_layer"]
+    assert text_blocks and all(b.score == UNSCORED_BLOCK_SCORE == 0.0 for b in text_blocks)
+    assert result.detail["pages"][0]["unscored_blocks"] == len(result.blocks[0])

@@ -383,6 +383,9 @@ def e2e(
         "LABELLOOP_LABEL_STUDIO__TOKEN": label_studio.token,
         "LABELLOOP_LABEL_STUDIO__PROJECT_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
         "LABELLOOP_LABEL_STUDIO__MEDIA_MODE": "s3",
+        # Label Studio's own key (moto does not enforce policies; a real bucket gives it read-only)
+        "LABELLOOP_LABEL_STUDIO__S3_ACCESS_KEY": "ls-read-only",
+        "LABELLOOP_LABEL_STUDIO__S3_SECRET_KEY": "ls-read-only-secret",
         "LABELLOOP_VLLM__BASE_URL": vllm_server.base_url,
         "LABELLOOP_VLLM__MODEL": vllm_server.config.model,
         "LABELLOOP_VLLM__COORDINATE_MODE": vllm_server.config.coordinate_mode,
@@ -401,7 +404,7 @@ def e2e(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     settings = Settings()
-    assert settings.storage.backend == "s3" and settings.db.url == pg_url
+    assert settings.storage.backend == "s3" and settings.db.url_value == pg_url
     db = Database(settings.db)
     yield settings, db
     db.dispose()

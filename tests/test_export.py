@@ -66,7 +66,13 @@ def test_export_publishes_a_complete_version(db: Database, settings: Settings, s
     assert hashlib.sha256(store.get(f"{result.prefix}/manifest.json")).hexdigest() == result.manifest_sha256
     listed = set(manifest["files"])
     on_disk = {i.key[len(result.prefix) + 1 :] for i in store.list(result.prefix + "/")} - {"manifest.json"}
-    assert listed == on_disk, "the manifest lists every file of the version, nothing else"
+    own = {n for n in listed if not n.startswith("../")}
+    assert own == on_disk, "the manifest lists every file of the version folder, nothing else"
+    pool = {
+        "../" + i.key[len("datasets/vehicle_extraction/") :] for i in store.list("datasets/vehicle_extraction/images/")
+    }
+    assert listed - own == pool, "...and every image it uses, in the spec's pool (no copy in the version)"
+    assert not any(store.list(result.prefix + "/images/"))
     for f in (
         "qwen_train.json",
         "llamafactory_val.json",
@@ -80,7 +86,7 @@ def test_export_publishes_a_complete_version(db: Database, settings: Settings, s
     for p in prov:
         items_by_record[p["record_id"]] = p["item_sha256"]
         assert p["split"] == split_of(p["item_sha256"], settings.export.val_fraction)
-        assert f"images/{p['item_sha256']}.png" in listed
+        assert f"../images/{p['item_sha256']}.png" in listed
         assert p["validation_run_id"] == result.validation_run_id
     assert set(items_by_record) == set(ids) and bad not in items_by_record
     assert {p["provenance"] for p in prov} == {"human", "auto", "audited"}
@@ -130,8 +136,8 @@ def test_changed_record_makes_a_new_version_and_the_old_stays_intact(
     # changed after its validation run: left out (only validated content ships) and counted
     stale = export_dataset(sqlite_db, store, settings, VEHICLE, validation_run_id=v1.validation_run_id)
     assert stale.version == "v0002" and stale.counts["records"] == 3 and stale.counts["stale_records"] == 1
-    prov = store.get(f"{stale.prefix}/provenance.jsonl").decode()
-    assert f'"record_id": {ids[0]},' not in prov
+    prov = [json.loads(line) for line in store.get(f"{stale.prefix}/provenance.jsonl").decode().splitlines()]
+    assert ids[0] not in {p["record_id"] for p in prov} and len(prov) == 3
 
     v3 = _validate_and_export(sqlite_db, store, settings)
     assert v3.created and v3.version == "v0003" and v3.content_hash != v1.content_hash
@@ -246,8 +252,8 @@ def test_exif_rotated_images_are_exported_in_the_boxes_pixel_grid(
     data = image_bytes(750, 1000, seed=5, fmt="JPEG", exif_orientation=6)
     item = add_item(sqlite_db, store, data, ext="jpg", width=1000, height=750, exif_orientation=6)
     add_record(sqlite_db, item, "vehicle_extraction", dict(VEHICLE_OK))
-    result = _validate_and_export(sqlite_db, store, settings)
-    exported = store.get(f"{result.prefix}/images/{item.sha256}.png")
+    _validate_and_export(sqlite_db, store, settings)
+    exported = store.get(f"datasets/vehicle_extraction/images/{item.sha256}.png")
     with Image.open(io.BytesIO(exported)) as img:
         assert img.size == (1000, 750)
         assert img.getexif().get(0x0112) in (None, 1)
@@ -273,11 +279,11 @@ def test_document_pages_become_samples_with_their_page_images(
     assert manifest is not None and manifest["counts"]["samples"] == 2 and manifest["counts"]["records"] == 1
     split = split_of(doc.sha256, settings.export.val_fraction)
     samples = json.loads(store.get(f"{result.prefix}/qwen_{split}.json"))
-    assert [s["image"] for s in samples] == [f"images/{doc.sha256}_p0.png", f"images/{doc.sha256}_p1.png"]
+    assert [s["image"] for s in samples] == [f"../images/{doc.sha256}_p0.png", f"../images/{doc.sha256}_p1.png"]
     assert [s["conversations"][1]["value"] for s in samples] == ["# Intro", "Body"]
     assert "block types" in store.get(f"{result.prefix}/README.md").decode()
 
     cap = _validate_and_export(sqlite_db, store, settings, SPECS.get("caption"))
     cap_manifest = read_manifest(store, cap.prefix)
-    assert cap_manifest is not None and f"images/{item.sha256}.png" in cap_manifest["files"]
-    assert cap_manifest["files"][f"images/{item.sha256}.png"]["sha256"] == item.sha256
+    assert cap_manifest is not None and f"../images/{item.sha256}.png" in cap_manifest["files"]
+    assert cap_manifest["files"][f"../images/{item.sha256}.png"]["sha256"] == item.sha256

@@ -315,7 +315,7 @@ def _two_importers(settings: Settings) -> list[dict[str, Any]]:
     lss = settings.label_studio
     env = {
         **os.environ,
-        "LABELLOOP_DB__URL": settings.db.url,
+        "LABELLOOP_DB__URL": settings.db.url_value,
         "LABELLOOP_STORAGE__ROOT": str(settings.storage.root),
         "LABELLOOP_LABEL_STUDIO__URL": lss.url,
         "LABELLOOP_LABEL_STUDIO__TOKEN": lss.token.get_secret_value(),
@@ -388,7 +388,7 @@ def test_the_import_lock_excludes_a_second_holder_on_both_databases(db: Database
         "except LockTimeout as e:\n"
         "    print('timeout:', e)\n"
     )
-    url = db.settings.url
+    url = db.settings.url_value
     with exclusive(db, "label_studio_import:caption"):
         held = subprocess.run([sys.executable, "-c", probe, url, "1"], capture_output=True, text=True, timeout=120)
         assert held.stdout.startswith("timeout:") and "label_studio_import" in held.stdout, held
@@ -410,7 +410,7 @@ def test_the_import_lock_excludes_a_second_holder_on_both_databases(db: Database
 def test_a_two_page_pdf_with_one_page_reviewed_is_not_in_the_version(
     label_studio: Any, tmp_path: Path, review_data: Any
 ) -> None:
-    from labelloop.db import Item, Record
+    from labelloop.db import Record
     from labelloop.export.plan import plan_members
     from labelloop.review.importer import import_pending
     from labelloop.review.sync import sync_project
@@ -422,21 +422,7 @@ def test_a_two_page_pdf_with_one_page_reviewed_is_not_in_the_version(
     db = Database(settings.db)
     db.upgrade()
     ls = label_studio.client()
-    with db.session() as s:
-        pdf = Item(
-            sha256="cd" * 32,
-            media_type="document",
-            mime="application/pdf",
-            ext="pdf",
-            size_bytes=1,
-            storage_key="raw/cd/x.pdf",
-            page_count=2,
-        )
-        s.add(pdf)
-        s.commit()
-    record = review_data.sample_record("document_layout", sha="cd" * 32)
-    record["pages"].append({**copy.deepcopy(record["pages"][0]), "page": 1, "image_key": f"pages/{'cd' * 32}/1.png"})
-    review_data.add_prediction(db, doc, pdf, record, {"blocks": 0.5})
+    review_data.add_two_page_pdf(db, doc, 0.5)
     route_predictions(db, settings.routing, doc)
     import_pending(db, ls, settings, doc, SPECS.label_config(doc), store)
     with db.session() as s:

@@ -10,15 +10,15 @@ text of the demo paper, its tables as HTML, every block inside its page, page im
 from __future__ import annotations
 
 import asyncio
-import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pymupdf
 import pytest
+from synthetic import pdf_item
 
 from labelloop.config import MinerUSettings, Settings
-from labelloop.db.models import Item
 from labelloop.documents import agreement, docvortex
 from labelloop.documents.mineru_parse import MinerUOutput, MinerUOutputError, parse_docvortex
 from labelloop.documents.record import DocumentRecord, make_block
@@ -36,19 +36,6 @@ def spec() -> TaskSpec:
     return SpecRegistry().get("document_layout")
 
 
-def item_for(data: bytes, ext: str = "pdf") -> Item:
-    sha = hashlib.sha256(data).hexdigest()
-    return Item(
-        id=1,
-        sha256=sha,
-        media_type="document",
-        mime="application/pdf",
-        ext=ext,
-        size_bytes=len(data),
-        storage_key=f"raw/{sha[:2]}/{sha}.{ext}",
-    )
-
-
 def backend(settings: Settings, store: LocalStore, venv: Path, home: Path, **kw: Any) -> MinerUBackend:
     cfg = MinerUSettings(venv=venv, home=home, **kw)
     b = MinerUBackend(settings.model_copy(update={"mineru": cfg}), store)
@@ -57,7 +44,7 @@ def backend(settings: Settings, store: LocalStore, venv: Path, home: Path, **kw:
 
 
 def run(b: MinerUBackend, data: bytes, spec: TaskSpec, ext: str = "pdf") -> PredictionResult:
-    return asyncio.run(b.predict(item_for(data, ext), data, spec))
+    return asyncio.run(b.predict(pdf_item(data, ext=ext), data, spec))
 
 
 def check_record(res: PredictionResult, store: LocalStore, n_pages: int) -> DocumentRecord:
@@ -92,14 +79,9 @@ def scan_strip(sample_data: Path) -> pymupdf.Document:
 
 @pytest.fixture(scope="module")
 def cli_result(
-    sample_data: Path,
-    sqlite_settings_module: Settings,
-    module_store: LocalStore,
-    mineru_venv: Path,
-    mineru_home: Path,
-    spec: TaskSpec,
+    sample_data: Path, make_backend: Callable[..., MinerUBackend], spec: TaskSpec
 ) -> tuple[MinerUBackend, PredictionResult]:
-    b = backend(sqlite_settings_module, module_store, mineru_venv, mineru_home, mode="cli")
+    b = make_backend(mode="cli")
     # the title page and the page with Table 1 keep the run short (13 pages take minutes on 2 cores)
     return b, run(b, pages_of(sample_data / "documents" / "mineru-demo1.pdf", [0, 4]), spec)
 
@@ -118,6 +100,14 @@ def sqlite_settings_module(tmp_path_factory: pytest.TempPathFactory) -> Settings
 @pytest.fixture(scope="module")
 def module_store(sqlite_settings_module: Settings) -> LocalStore:
     return LocalStore(sqlite_settings_module.storage.root)
+
+
+@pytest.fixture(scope="module")
+def make_backend(
+    sqlite_settings_module: Settings, module_store: LocalStore, mineru_venv: Path, mineru_home: Path
+) -> Callable[..., MinerUBackend]:
+    """A backend on this module's settings, store and MinerU install; keywords are MinerU settings."""
+    return lambda **kw: backend(sqlite_settings_module, module_store, mineru_venv, mineru_home, **kw)
 
 
 def test_cli_flash_on_the_demo_paper(
@@ -150,10 +140,8 @@ def test_cli_flash_on_the_demo_paper(
 def test_http_mineru_api_mixed_text_and_scan(
     cli_result: tuple[MinerUBackend, PredictionResult],
     sample_data: Path,
-    sqlite_settings_module: Settings,
+    make_backend: Callable[..., MinerUBackend],
     module_store: LocalStore,
-    mineru_venv: Path,
-    mineru_home: Path,
     mineru_api: str,
     spec: TaskSpec,
 ) -> None:
@@ -162,7 +150,7 @@ def test_http_mineru_api_mixed_text_and_scan(
     mixed = pymupdf.open()
     mixed.insert_pdf(pymupdf.open(docs / "mineru-demo2.pdf"), from_page=0, to_page=0)
     mixed.insert_pdf(scan_strip(sample_data))
-    b = backend(sqlite_settings_module, module_store, mineru_venv, mineru_home, mode="http", api_url=mineru_api)
+    b = make_backend(mode="http", api_url=mineru_api)
     b._analyzer = cli_result[0].analyzer  # loading the layout model again costs seconds
     assert b.model_version == "mineru-4.0.12-flash" and b.models_present is False  # from /v1/health, /v1/tiers
     assert b.identity_config()["scan_engine"] == "rapidocr"
@@ -178,17 +166,10 @@ def test_http_mineru_api_mixed_text_and_scan(
 
 
 def test_http_task_failure_is_a_failed_prediction(
-    sqlite_settings_module: Settings,
-    module_store: LocalStore,
-    mineru_venv: Path,
-    mineru_home: Path,
-    mineru_api: str,
-    spec: TaskSpec,
+    make_backend: Callable[..., MinerUBackend], mineru_api: str, spec: TaskSpec
 ) -> None:
     """The real server refuses a tier it does not serve: the prediction fails with its words."""
-    b = backend(
-        sqlite_settings_module, module_store, mineru_venv, mineru_home, mode="http", api_url=mineru_api, tier="advanced"
-    )
+    b = make_backend(mode="http", api_url=mineru_api, tier="advanced")
     doc = pymupdf.open()
     doc.new_page().insert_text((72, 72), "A text layer long enough to count as one.")
     res = run(b, doc.tobytes(), spec)
@@ -198,10 +179,8 @@ def test_http_task_failure_is_a_failed_prediction(
 def test_scan_pdf_goes_to_cpu_ocr_without_models(
     cli_result: tuple[MinerUBackend, PredictionResult],
     sample_data: Path,
-    sqlite_settings_module: Settings,
+    make_backend: Callable[..., MinerUBackend],
     module_store: LocalStore,
-    mineru_venv: Path,
-    mineru_home: Path,
     spec: TaskSpec,
 ) -> None:
     b = cli_result[0]  # same settings: reuse its (slow to load) pymupdf layout analyzer
@@ -212,9 +191,7 @@ def test_scan_pdf_goes_to_cpu_ocr_without_models(
     assert res.confidence_detail["engines"] == ["rapidocr"]
     assert rec.pages[0].blocks and 0 < res.field_confidence["blocks"] < 1
     # with models the same document is a different prediction (MinerU's OCR tier instead)
-    with_models = backend(
-        sqlite_settings_module, module_store, mineru_venv, mineru_home, mode="cli", models_present=True
-    )
+    with_models = make_backend(mode="cli", models_present=True)
     assert with_models.prompt_hash(spec_of()) != b.prompt_hash(spec_of())
 
 

@@ -10,7 +10,6 @@ cannot be made to do on demand.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import socket
@@ -23,9 +22,10 @@ from typing import Any
 import pymupdf
 import pytest
 from sqlalchemy import select
+from synthetic import add_pdf_item, pdf_item
 
 from labelloop.config import MinerUSettings, Settings
-from labelloop.db import Database, Item, Prediction
+from labelloop.db import Database, Prediction
 from labelloop.documents.record import DocumentRecord
 from labelloop.documents.render import png_size
 from labelloop.prelabel.base import PredictionResult
@@ -99,19 +99,6 @@ def a4_pdf(marker: str = "") -> bytes:
     return doc.tobytes()
 
 
-def doc_item(data: bytes, item_id: int = 1) -> Item:
-    sha = hashlib.sha256(data).hexdigest()
-    return Item(
-        id=item_id,
-        sha256=sha,
-        media_type="document",
-        mime="application/pdf",
-        ext="pdf",
-        size_bytes=len(data),
-        storage_key=f"raw/{sha[:2]}/{sha}.pdf",
-    )
-
-
 def with_mineru(settings: Settings, **kw: Any) -> Settings:
     # the made-up A4 pages hold a line of text each: count them as text-layer pages
     docs = settings.documents.model_copy(update={"ocr_min_chars": 1})
@@ -124,7 +111,7 @@ def spec() -> TaskSpec:
 
 
 def predict(backend: MinerUBackend, data: bytes, spec: TaskSpec) -> PredictionResult:
-    return asyncio.run(backend.predict(doc_item(data), data, spec))
+    return asyncio.run(backend.predict(pdf_item(data), data, spec))
 
 
 def check_ok(res: PredictionResult, store: ObjectStore) -> DocumentRecord:
@@ -190,24 +177,6 @@ def test_cli_version_mismatch_is_recorded(
     assert res.confidence_detail["version_mismatch"] == {"configured": "2.6.0", "output": "2.5.4"}
 
 
-def add_item(db: Database, store: ObjectStore, data: bytes) -> int:
-    sha = hashlib.sha256(data).hexdigest()
-    key = f"raw/{sha[:2]}/{sha}.pdf"
-    store.put(key, data)
-    with db.transaction() as s:
-        item = Item(
-            sha256=sha,
-            media_type="document",
-            mime="application/pdf",
-            ext="pdf",
-            size_bytes=len(data),
-            storage_key=key,
-        )
-        s.add(item)
-        s.flush()
-        return item.id
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -226,10 +195,10 @@ def test_cli_crash_and_timeout_are_failures_and_the_batch_goes_on(
         sqlite_settings, mode="cli", command=f"{exe} -p {{input}} -o {{output}} -b pipeline", timeout_s=3
     )
     ids = {
-        "good": add_item(sqlite_db, store, a4_pdf()),
-        "crash": add_item(sqlite_db, store, a4_pdf("labelloop-crash")),
-        "hang": add_item(sqlite_db, store, a4_pdf("labelloop-hang")),
-        "encrypted": add_item(
+        "good": add_pdf_item(sqlite_db, store, a4_pdf()),
+        "crash": add_pdf_item(sqlite_db, store, a4_pdf("labelloop-crash")),
+        "hang": add_pdf_item(sqlite_db, store, a4_pdf("labelloop-hang")),
+        "encrypted": add_pdf_item(
             sqlite_db,
             store,
             pymupdf.open(stream=a4_pdf(), filetype="pdf").tobytes(

@@ -1,13 +1,16 @@
 """Office documents: ingest probe (type from the container, zip-bomb and page checks), then the real
 pipeline on a DOCX and a PPTX built here: LibreOffice renders them to PDF (page images, geometry),
-real MinerU 4.x flash parses the rendering and the office file natively, and the native tables
-(colspan kept) replace the rendering's where their texts agree.
+real MinerU 4.x flash parses the rendering and the office file natively (its CLI, and a real
+`mineru-api` server), and the native tables (colspan kept) replace the rendering's where their texts
+agree. The offline pymupdf backend reads the same rendering; office documents go through ingest,
+pre-label, validation and export like PDFs, into a version both dataset checkers accept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -15,16 +18,26 @@ import docx
 import pptx
 import pytest
 from pptx.util import Inches
+from sqlalchemy import select
+from test_export_support import add_record, make_settings
 
 from labelloop.config import IngestSettings, MinerUSettings, Settings
+from labelloop.db import Database
 from labelloop.db.models import Item
 from labelloop.documents.office import soffice
 from labelloop.documents.record import DocumentRecord
 from labelloop.documents.render import png_size
+from labelloop.export import export_dataset, read_manifest, verify_version
+from labelloop.ingest import ingest
 from labelloop.ingest.probe import Rejected, probe_file
+from labelloop.prelabel.base import PredictionResult
+from labelloop.prelabel.documents.cpu import PyMuPDFLayoutBackend
 from labelloop.prelabel.documents.mineru import MinerUBackend
+from labelloop.prelabel.runner import latest_predictions, run_prelabel_sync
 from labelloop.specs import SpecRegistry
 from labelloop.storage import LocalStore
+from labelloop.training.check_dataset import check_dataset
+from labelloop.validation import validate_spec
 
 pytest_plugins = ["fixtures_mineru"]
 
@@ -125,6 +138,34 @@ def test_office_document_through_libreoffice_and_mineru(
     sha = hashlib.sha256(data).hexdigest()
     item = Item(id=1, sha256=sha, media_type="document", mime="x", ext=kind, size_bytes=len(data), storage_key="k")
     res = asyncio.run(b.predict(item, data, SpecRegistry().get("document_layout")))
+    check_office_result(res, store, kind)
+
+
+@pytest.mark.parametrize("kind", ["docx", "pptx"])
+def test_office_document_through_a_real_mineru_api_server(
+    kind: str, tmp_path: Path, office_backend: tuple[MinerUBackend, LocalStore], mineru_api: str
+) -> None:
+    """The same documents through MinerU 4.x's own HTTP API (mode=http, a real `mineru-api`): the
+    rendering's pages and the office file itself are submitted as tasks and polled to completion."""
+    cli, store = office_backend
+    settings = cli.settings.model_copy(
+        update={"mineru": cli.settings.mineru.model_copy(update={"mode": "http", "api_url": mineru_api})}
+    )
+    b = MinerUBackend(settings, store)
+    b._analyzer = cli.analyzer  # loading the layout model again costs seconds
+    assert b.model_version == "mineru-4.0.12-flash"  # asked from the server's /v1/health
+    path = (make_docx if kind == "docx" else make_pptx)(tmp_path / f"doc.{kind}")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    item = Item(id=1, sha256=sha, media_type="document", mime="x", ext=kind, size_bytes=len(data), storage_key="k")
+    res = asyncio.run(b.predict(item, data, SpecRegistry().get("document_layout")))
+    check_office_result(res, store, kind)
+    assert res.confidence_detail["origin"].startswith("mineru-api task ")
+
+
+def check_office_result(res: PredictionResult, store: LocalStore, kind: str) -> None:
+    """Two pages with images of their own size, MinerU flash on every page, the title found, the
+    native office table (colspan kept) in place of the rendering's."""
     assert res.status == "ok", res.error
     rec = DocumentRecord.model_validate(res.record)
     assert len(rec.pages) == 2  # the page break / two slides
@@ -143,3 +184,96 @@ def test_office_document_through_libreoffice_and_mineru(
         assert 'colspan="2"' in tables[0].content and "Vehicle type" in tables[0].content
     else:
         assert "Fleet Overview" in titles and "Vans" in tables[0].content
+
+
+# --------------------------------------------------------------------------- CPU backend and export
+
+
+@pytest.mark.parametrize("kind", ["docx", "pptx"])
+def test_pymupdf_backend_renders_office_documents_first(kind: str, tmp_path: Path) -> None:
+    """The offline CPU backend takes office documents through the same LibreOffice rendering as
+    MinerU: two pages with images and geometry, the title and the table found on the rendering,
+    and the renderer in the provenance."""
+    if soffice() is None:
+        pytest.fail("LibreOffice is not installed: run scripts/ensure-libreoffice.sh (scripts/test.sh does)")
+    settings = Settings(home=tmp_path, storage={"root": tmp_path / "objects"})
+    store = LocalStore(settings.storage.root)
+    data = (make_docx if kind == "docx" else make_pptx)(tmp_path / f"doc.{kind}").read_bytes()
+    item = Item(id=1, sha256=hashlib.sha256(data).hexdigest(), media_type="document", mime="x", ext=kind,
+                size_bytes=len(data), storage_key="k")  # fmt: skip
+    res = asyncio.run(PyMuPDFLayoutBackend(settings, store).predict(item, data, SpecRegistry().get("document_layout")))
+    assert res.status == "ok", res.error
+    rec = DocumentRecord.model_validate(res.record)
+    assert len(rec.pages) == 2
+    for p in rec.pages:
+        assert png_size(store.get(p.image_key)) == (p.width_px, p.height_px)
+    assert res.confidence_detail["office"]["renderer"] == "libreoffice"
+    assert res.confidence_detail["office"]["source_ext"] == kind
+    text = " ".join(bl.content for p in rec.pages for bl in p.blocks)
+    assert ("Quarterly Fleet Report" if kind == "docx" else "Fleet Overview") in text
+    assert "Vans" in text
+
+
+def test_pymupdf_backend_without_libreoffice_fails_the_item_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labelloop.documents import office
+
+    monkeypatch.setattr(office, "soffice", lambda: None)
+    settings = Settings(home=tmp_path, storage={"root": tmp_path / "objects"})
+    data = make_docx(tmp_path / "doc.docx").read_bytes()
+    item = Item(id=1, sha256=hashlib.sha256(data).hexdigest(), media_type="document", mime="x", ext="docx",
+                size_bytes=len(data), storage_key="k")  # fmt: skip
+    backend = PyMuPDFLayoutBackend(settings, LocalStore(settings.storage.root))
+    res = asyncio.run(backend.predict(item, data, SpecRegistry().get("document_layout")))
+    assert res.status == "failed" and "LibreOffice (soffice) is not installed" in (res.error or "")
+
+
+def test_office_documents_are_exported_like_pdfs(sqlite_db: Database, tmp_path: Path) -> None:
+    """DOCX and PPTX: ingested, pre-labelled by the CPU backend (rendered to PDF), accepted as
+    reviewed, validated and exported: one sample per rendered page with its page image, a version
+    the export checker and the trainer-side dataset checker accept."""
+    if soffice() is None:
+        pytest.fail("LibreOffice is not installed: run scripts/ensure-libreoffice.sh (scripts/test.sh does)")
+    settings = make_settings(tmp_path, db_url=str(sqlite_db.engine.url))
+    store = LocalStore(settings.storage.root)
+    spec = SpecRegistry().get("document_layout")
+    src = tmp_path / "src"
+    src.mkdir()
+    make_docx(src / "report.docx")
+    make_pptx(src / "slides.pptx")
+    stats = ingest(sqlite_db, store, settings, str(src))
+    assert stats.new_items == 2 and stats.rejected == 0, stats.reject_reasons
+    with sqlite_db.session() as s:
+        items = {it.ext: it for it in s.scalars(select(Item))}
+        for it in items.values():
+            s.expunge(it)
+    assert {it.media_type for it in items.values()} == {"document"}
+
+    pre = run_prelabel_sync(sqlite_db, store, spec, PyMuPDFLayoutBackend(settings, store))
+    assert (pre.ok, pre.failed) == (2, 0)
+    pages = {}
+    with sqlite_db.session() as s:
+        for it in items.values():
+            (pred,) = latest_predictions(s, it.id, spec.name)
+            assert pred.confidence_detail["office"]["source_ext"] == it.ext
+            pages[it.sha256] = len(pred.record["pages"])
+            add_record(sqlite_db, it, spec.name, pred.record, model=pred.model, model_version=pred.model_version)
+    assert sorted(pages.values()) == [2, 2]
+
+    summary = validate_spec(sqlite_db, store, settings, spec)
+    assert summary.n_failed == 0 and summary.passed_gate, summary.failed_checks
+    result = export_dataset(sqlite_db, store, settings, spec, validation_run_id=summary.validation_run_id)
+    assert result.created and verify_version(store, result.prefix) == []
+    manifest = read_manifest(store, result.prefix)
+    assert manifest is not None and manifest["counts"] == {**manifest["counts"], "records": 2, "samples": 4}
+    expected = {f"images/{sha}_p{n}.png" for sha, k in pages.items() for n in range(k)}
+    assert {f for f in manifest["files"] if f.startswith("images/")} == expected
+    root = settings.storage.root.resolve() / result.prefix
+    samples = [smp for p in sorted(root.glob("qwen_*.json")) for smp in json.loads(p.read_text())]
+    assert sorted(smp["image"] for smp in samples) == sorted(expected)
+    answers = " ".join(smp["conversations"][1]["value"] for smp in samples)
+    assert "Quarterly Fleet Report" in answers and "Fleet Overview" in answers
+    checked = [check_dataset(ann, root) for ann in sorted(root.glob("qwen_*.json"))]
+    assert [p for _, problems, _ in checked for p in problems] == []
+    assert sum(n for n, _, _ in checked) == 4

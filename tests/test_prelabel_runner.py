@@ -176,7 +176,7 @@ def test_prelabel_operator_runs_one_batch_and_returns_stats(
     db.upgrade()
     store = LocalStore(sqlite_settings.storage.root)
     ingest_images(db, store, sqlite_settings, tmp_path / "in", _images(3, seed=200))
-    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url)
+    monkeypatch.setenv("LABELLOOP_DB__URL", sqlite_settings.db.url_value)
     monkeypatch.setenv("LABELLOOP_STORAGE__ROOT", str(sqlite_settings.storage.root))
     monkeypatch.setenv("LABELLOOP_HOME", str(tmp_path))
     host, port = vllm_server.url.removeprefix("http://").split(":")

@@ -9,16 +9,13 @@ the imported regions and their transcriptions are in the page. A screenshot is k
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image, ImageOps
 
-from labelloop.db import Database, Item
+from labelloop.db import Database
 from labelloop.review.importer import import_pending
 from labelloop.review.routing import route_predictions
 from labelloop.specs import SpecRegistry
@@ -26,55 +23,21 @@ from labelloop.specs import SpecRegistry
 pytest_plugins = ["fixtures_labelstudio"]
 pytestmark = [pytest.mark.labelstudio, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LINES = ["BROWSER CHECK 4711", "SECOND LINE 0815"]
 
 
-def _ocr_item(db: Database, store: Any, path: Path) -> Item:
-    data = path.read_bytes()
-    with Image.open(path) as im:
-        width, height = ImageOps.exif_transpose(im).size
-    sha = hashlib.sha256(data).hexdigest()
-    key = f"raw/{sha[:2]}/{sha}.jpg"
-    store.put(key, data)
-    with db.session() as s:
-        item = Item(
-            sha256=sha,
-            media_type="image",
-            mime="image/jpeg",
-            ext="jpg",
-            size_bytes=len(data),
-            storage_key=key,
-            width=width,
-            height=height,
-        )
-        s.add(item)
-        s.commit()
-        return item
-
-
 def test_annotator_sees_pre_annotations(label_studio: Any, sample_data: Path, tmp_path: Path, review_data: Any) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium missing: run scripts/ensure-chromium.sh")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     store = label_studio.new_store()
     settings = label_studio.settings(tmp_path, f"sqlite:///{tmp_path / 'curation.db'}", store)
     db = Database(settings.db)
     db.upgrade()
     spec = SpecRegistry().get("ocr_lines")
-    item = _ocr_item(db, store, sample_data / "images" / "qwen-ocr_example2.jpg")
+    path = sample_data / "images" / "qwen-ocr_example2.jpg"
+    with Image.open(path) as im:
+        width, height = ImageOps.exif_transpose(im).size
+    item = review_data.add_image_item(db, store, 0, width=width, height=height, data=path.read_bytes(), ext="jpg")
     w, h = item.width or 0, item.height or 0
     record = {
         "lines": [
@@ -89,42 +52,23 @@ def test_annotator_sees_pre_annotations(label_studio: Any, sample_data: Path, tm
     ls = label_studio.client()
     stats = import_pending(db, ls, settings, spec, SpecRegistry().label_config(spec), store)
     task = next(iter(ls.tasks.list(project=stats.project_id, include="id", page_size=1)))
-    annotator = label_studio.signup(f"browser-{uuid.uuid4().hex[:8]}@example.com")
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "review-browser-task.png"
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1600, "height": 1000},
+    shot = review_data.ARTIFACTS / "review-browser-task.png"
+    with label_studio.annotator_page("browser") as page:
+        page.goto(f"{label_studio.url}/projects/{stats.project_id}/data?task={task.id}")
+        # the regions' transcriptions are listed (TextArea displayMode="region-list")
+        for text in LINES:
+            expect(page.locator(f"textarea:text-is('{text}'), :text('{text}')").first).to_be_visible(timeout=60_000)
+        # the image itself loaded, from Label Studio's local-files serving
+        page.wait_for_function(
+            "() => [...document.images].some(i => i.src.includes('/data/local-files/') && i.naturalWidth > 0)",
+            timeout=30_000,
         )
-        try:
-            page = browser.new_page()
-            page.goto(f"{label_studio.url}/user/login/")
-            page.fill("input[name=email]", annotator.email)
-            page.fill("input[name=password]", annotator.password)
-            page.click("button[type=submit], input[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url, timeout=30_000)
-            page.goto(f"{label_studio.url}/projects/{stats.project_id}/data?task={task.id}")
-            # the regions' transcriptions are listed (TextArea displayMode="region-list")
-            for text in LINES:
-                expect(page.locator(f"textarea:text-is('{text}'), :text('{text}')").first).to_be_visible(timeout=60_000)
-            # the image itself loaded, from Label Studio's local-files serving
-            page.wait_for_function(
-                "() => [...document.images].some(i => i.src.includes('/data/local-files/') && i.naturalWidth > 0)",
-                timeout=30_000,
-            )
-            shown = page.eval_on_selector_all("textarea", "els => els.map(e => e.value)")
-            natural = page.evaluate(
-                "() => [...document.images].filter(i => i.src.includes('/data/local-files/'))"
-                ".map(i => [i.naturalWidth, i.naturalHeight])"
-            )
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+        shown = page.eval_on_selector_all("textarea", "els => els.map(e => e.value)")
+        natural = page.evaluate(
+            "() => [...document.images].filter(i => i.src.includes('/data/local-files/'))"
+            ".map(i => [i.naturalWidth, i.naturalHeight])"
+        )
+        page.screenshot(path=str(shot), full_page=True)
     assert [t for t in shown if t in LINES] == LINES  # each region's transcription, in order
     assert [w, h] in natural
     assert shot.stat().st_size > 10_000

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from labelloop.config import RoutingSettings, Settings
 from labelloop.db import Annotation, Database, FieldCorrection, Record, ReviewTask, SyncState
+from labelloop.review import importer
 from labelloop.review.importer import import_pending
 from labelloop.review.routing import route_predictions
 from labelloop.review.sync import count_new_completed, sync_key, sync_project
@@ -87,7 +88,8 @@ def test_thousand_tasks_import_once_lowest_confidence_first(
     assert routed.review == 1000
 
     stats = _import(settings, db, ls, store)
-    assert (stats.pending, stats.imported, stats.already_there, stats.chunks) == (1000, 1000, 0, 4)
+    # chunks ramp up from 125, doubling, to import_chunk=250: 125 + 250 + 250 + 250 + 125
+    assert (stats.pending, stats.imported, stats.already_there, stats.chunks, stats.lookups) == (1000, 1000, 0, 5, 1)
     pid = stats.project_id
     assert _ls_task_count(ls, pid) == 1000
     rows = _review_tasks(db)
@@ -125,28 +127,32 @@ def test_crash_after_label_studio_accepted_a_chunk_then_rerun(
     ls = label_studio.client()
     review_data.add_vehicle_batch(db, VEHICLE, [0.5] * 1000)
     route_predictions(db, settings.routing, VEHICLE)
-    real = ls.projects.import_tasks
-    calls: list[int] = []
+    real = importer.request
+    posts: list[str] = []
 
-    def crash_on_second_chunk(**kwargs: Any) -> Any:
-        calls.append(len(kwargs["request"]))
-        assert kwargs["request_options"]["max_retries"] == 0  # the SDK must not retry an import
-        out = real(**kwargs)
-        if len(calls) == 2:  # Label Studio has the chunk; we die before our commit
+    def crash_on_second_chunk(ls_: Any, what: str, method: str, path: str, **kwargs: Any) -> Any:
+        if method != "POST" or not path.endswith("/import"):
+            return real(ls_, what, method, path, **kwargs)
+        posts.append(what)
+        assert kwargs["retries"] == 0  # the SDK must not retry an import
+        out = real(ls_, what, method, path, **kwargs)
+        if len(posts) == 2:  # Label Studio has the chunk; we die before our commit
             raise RuntimeError("worker killed")
         return out
 
-    monkeypatch.setattr(ls.projects, "import_tasks", crash_on_second_chunk)
+    monkeypatch.setattr(importer, "request", crash_on_second_chunk)
     with pytest.raises(RuntimeError, match="worker killed"):
         _import(settings, db, ls, store)
     rows = _review_tasks(db)
-    assert sum(r.status == "imported" for r in rows) == 300  # only the first chunk was committed
+    # chunks of 125 (the ramp's first) then 300: only the first was committed ...
+    assert sum(r.status == "imported" for r in rows) == 125
     pid = rows[0].ls_project_id
-    assert _ls_task_count(ls, pid) == 600  # ... but Label Studio holds two chunks
+    assert _ls_task_count(ls, pid) == 125 + 250  # ... but Label Studio holds two chunks
 
-    monkeypatch.setattr(ls.projects, "import_tasks", real)
+    monkeypatch.setattr(importer, "request", real)
     stats = _import(settings, db, ls, store)
-    assert (stats.pending, stats.already_there, stats.imported) == (700, 300, 400)
+    # the crashed chunk is found by one read of the tasks above the newest id we stored
+    assert (stats.pending, stats.already_there, stats.imported, stats.lookups) == (875, 250, 625, 1)
     assert _ls_task_count(ls, pid) == 1000
     rows = _review_tasks(db)
     assert {r.status for r in rows} == {"imported"} and len({r.ls_task_id for r in rows}) == 1000
@@ -210,7 +216,7 @@ def test_annotations_sync_into_records_and_the_correction_log(
     ann.annotations.create(id=corrected.ls_task_id, result=result, lead_time=31.5)
     ann.annotations.create(id=skipped.ls_task_id, result=[], was_cancelled=True, lead_time=1.0)
 
-    assert count_new_completed(db, ls, settings, VEHICLE) == 3  # what the sensor sees
+    assert count_new_completed(db, ls, settings, VEHICLE) == 3  # what the next sync will pick up
     stats = sync_project(db, ls, settings, VEHICLE)
     assert (stats.annotations_new, stats.completed, stats.skipped, stats.deleted) == (4, 3, 1, 0)
     assert stats.corrections == 3 * len(VEHICLE.fields)
@@ -443,7 +449,13 @@ def test_s3_and_presigned_media(label_studio: Any, tmp_path: Path, s3_settings: 
         settings = label_studio.settings(
             tmp_path, f"sqlite:///{tmp_path / f'{mode}.db'}", LocalStore(tmp_path / "unused"), media_mode=mode
         )
-        settings = settings.model_copy(update={"storage": s3_settings})
+        ls_keys = {"s3_access_key": "ls-read-only", "s3_secret_key": "ls-read-only-secret"}
+        settings = settings.model_copy(
+            update={
+                "storage": s3_settings,
+                "label_studio": settings.label_studio.model_validate({**settings.label_studio.model_dump(), **ls_keys}),
+            }
+        )
         db = Database(settings.db)
         db.upgrade()
         item = review_data.add_image_item(db, None, 11, width=64, height=48)
@@ -498,13 +510,10 @@ def test_connection_url_forms() -> None:
     assert connection_url("label-studio", "postgres", None) == "http://label-studio"
 
 
-def test_operators_and_sensor(
-    label_studio: Any, tmp_path: Path, store: LocalStore, review_data: Any, monkeypatch: Any
-) -> None:
+def test_operators(label_studio: Any, tmp_path: Path, store: LocalStore, review_data: Any, monkeypatch: Any) -> None:
     import json
 
     from labelloop_airflow.review import RouteAndImportOperator, SyncOperator
-    from labelloop_airflow.sensors import LabelStudioCompletedSensor
 
     prefix = f"op{uuid.uuid4().hex[:6]}"
     db_url = f"sqlite:///{tmp_path / 'curation.db'}"
@@ -529,16 +538,9 @@ def test_operators_and_sensor(
     project = ls.projects.get(id=out["import"]["project_id"])
     assert project.title == f"{prefix}-{VEHICLE.name}"
 
-    sensor = LabelStudioCompletedSensor(task_id="wait", spec=VEHICLE.name, min_completed=1)
-    assert sensor.mode == "reschedule"
-    first = sensor.poke({})
-    assert (first.is_done, first.xcom_value) == (False, 0)
     rt = _review_tasks(db)[0]
     _accept(ls, rt.ls_task_id)
-    ready = sensor.poke({})
-    assert (ready.is_done, ready.xcom_value) == (True, 1)
 
     stats = SyncOperator(task_id="sync", spec=VEHICLE.name).execute({})
     assert stats["completed"] == 1 and stats["project_id"] == project.id
-    assert sensor.poke({}).is_done is False
     db.dispose()

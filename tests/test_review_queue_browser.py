@@ -9,8 +9,6 @@ project's task list, and the rows must come worst first. The screenshot goes to 
 
 from __future__ import annotations
 
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,6 @@ from labelloop.specs import SpecRegistry
 pytest_plugins = ["fixtures_labelstudio"]
 pytestmark = [pytest.mark.labelstudio]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 #: file name -> confidence of its only field; imported in this (non-sorted) order
 FILES = {"receipt-mid.png": 0.55, "receipt-high.png": 0.8, "receipt-worst.png": 0.12, "receipt-low.png": 0.3}
 
@@ -77,37 +72,17 @@ def test_project_has_a_worst_first_tab_instructions_and_file_names(
 
 @pytest.mark.browser
 def test_reviewer_sees_the_queue_worst_first(label_studio: Any, tmp_path: Path, review_data: Any) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium missing: run scripts/ensure-chromium.sh")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _ls, pid = _project(label_studio, tmp_path, review_data)
-    annotator = label_studio.signup(f"queue-{uuid.uuid4().hex[:8]}@example.com")
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "review-queue-worst-first.png"
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1600, "height": 900},
-        )
-        try:
-            page = browser.new_page()
-            page.goto(f"{label_studio.url}/user/login/")
-            page.fill("input[name=email]", annotator.email)
-            page.fill("input[name=password]", annotator.password)
-            page.click("button[type=submit], input[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url, timeout=30_000)
-            page.goto(f"{label_studio.url}/projects/{pid}/data")
-            expect(page.get_by_text(REVIEW_VIEW_TITLE).first).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("receipt-worst.png").first).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("file_name").first).to_be_visible()
-            text = page.inner_text("body")
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    shot = review_data.ARTIFACTS / "review-queue-worst-first.png"
+    with label_studio.annotator_page("queue", height=900) as page:
+        page.goto(f"{label_studio.url}/projects/{pid}/data")
+        expect(page.get_by_text(REVIEW_VIEW_TITLE).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("receipt-worst.png").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("file_name").first).to_be_visible()
+        text = page.inner_text("body")
+        page.screenshot(path=str(shot), full_page=True)
     worst_first = sorted(FILES, key=FILES.get)
     positions = [text.index(name) for name in worst_first]
     assert positions == sorted(positions), f"rows not worst-first: {worst_first} at {positions}"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from synthetic import synthetic_items
 
 from labelloop.config import RoutingSettings
 from labelloop.db import Database, Item, Prediction, Record, ReviewTask, Threshold
@@ -38,23 +39,8 @@ def spec() -> TaskSpec:
 
 
 def _items(db: Database, n: int, start: int = 0) -> list[Item]:
-    items = []
     with db.session() as s:
-        for i in range(start, start + n):
-            sha = hashlib.sha256(f"routing-item-{i}".encode()).hexdigest()
-            items.append(
-                Item(
-                    sha256=sha,
-                    media_type="image",
-                    mime="image/png",
-                    ext="png",
-                    size_bytes=1,
-                    storage_key=f"raw/{sha[:2]}/{sha}.png",
-                    width=640,
-                    height=480,
-                )
-            )
-        s.add_all(items)
+        items = synthetic_items(s, (f"routing-item-{i}" for i in range(start, start + n)))
         s.commit()
     return items
 
@@ -246,22 +232,7 @@ def test_auto_never_overwrites_a_human_record_and_documents_get_a_task_per_page(
         assert s.scalar(select(Record.record)) == {"plate_number": "HUMAN1"}
 
     doc_spec = registry.get("document_layout")
-    record = review_data.sample_record("document_layout")
-    second = {**record["pages"][0], "page": 1, "image_key": record["pages"][0]["image_key"].replace("/0.", "/1.")}
-    record["pages"].append(second)
-    with db.session() as s:
-        doc = Item(
-            sha256="cd" * 32,
-            media_type="document",
-            mime="application/pdf",
-            ext="pdf",
-            size_bytes=1,
-            storage_key="raw/cd/x.pdf",
-            page_count=2,
-        )
-        s.add(doc)
-        s.commit()
-    review_data.add_prediction(db, doc_spec, doc, record, {"blocks": 0.62})
+    review_data.add_two_page_pdf(db, doc_spec, 0.62)
     stats = route_predictions(db, RoutingSettings(use_manual_thresholds=True, audit_rate=0.0), doc_spec)
     assert (stats.review, stats.tasks) == (1, 2)
     pages = [(t.page, t.route, t.external_id.endswith(f":{t.page}")) for t in _tasks(db) if t.spec == doc_spec.name]

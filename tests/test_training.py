@@ -234,8 +234,10 @@ def test_versions_on_s3_are_downloaded_and_verified(
     assert result.uri == f"s3://{s3_settings.bucket}/datasets/vehicle_extraction/v0001"
     reg = prepare_registration(store, settings, result.as_dict())
     local = Path(reg.data_path)
-    assert local == (settings.training.workdir / "vehicle_extraction" / "v0001" / "dataset").resolve()
-    assert (local / "manifest.json").is_file() and len(list((local / "images").iterdir())) == 3
+    # the version folder, with the pool images beside it, so ../images/<sha>.png resolves
+    assert local == (settings.training.workdir / "vehicle_extraction" / "v0001" / "dataset" / "v0001").resolve()
+    assert (local / "manifest.json").is_file() and len(list((local.parent / "images").iterdir())) == 3
+    assert not (local / "images").exists()
     launched = launch_training(sqlite_db, settings, reg)
     assert launched.status == "succeeded", launched.log_tail
     # a second preparation reuses the verified copy

@@ -31,6 +31,8 @@ from labelloop.validation.gx_runner import run_checks
 from labelloop.validation.run import collect_failures
 from labelloop.validation.suite import build_checks
 
+pytest_plugins = ["fixtures_labelstudio"]
+
 SPECS = SpecRegistry()
 
 
@@ -230,7 +232,7 @@ def _mutations(value: Any, rng: random.Random, depth: int = 0) -> list[Any]:
 
 
 @pytest.mark.parametrize("spec_name", SPECS.names())
-def test_fast_schema_check_never_accepts_what_jsonschema_rejects(spec_name: str) -> None:
+def test_fast_schema_check_never_accepts_what_jsonschema_rejects(spec_name: str, review_data: Any) -> None:
     from jsonschema import validators
 
     from labelloop.specs.schema_check import compile_schema
@@ -238,16 +240,8 @@ def test_fast_schema_check_never_accepts_what_jsonschema_rejects(spec_name: str)
     spec = SPECS.get(spec_name)
     fast = compile_schema(spec.json_schema)  # every shipped spec stays inside the compiled subset
     referee = validators.validator_for(spec.json_schema)(spec.json_schema)
-    samples = {
-        "caption": {"caption": "A dog."},
-        "grounding": {"objects": [{"bbox_2d": [1, 2, 3, 4], "label": "dog"}]},
-        "ocr_lines": {"lines": [{"bbox": [1, 2, 3, 4], "text": "hello"}]},
-        "vehicle_extraction": dict(VEHICLE_OK),
-        "document_layout": document_record("ab" * 32, [(612, 792)], [[block("text", [1, 2, 3, 4], "x")]]),
-    }
-    valid = samples.get(spec_name)
-    if valid is None:
-        pytest.skip(f"no sample record for spec {spec_name}")
+    # one plausible record per shipped spec (a new spec without one fails here: KeyError)
+    valid = review_data.sample_record(spec_name)
     assert referee.is_valid(valid) and fast(valid), "the fast path must accept valid records"
     rng = random.Random(spec_name)
     variants = _mutations(valid, rng)

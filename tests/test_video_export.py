@@ -51,8 +51,8 @@ def test_video_version_is_accepted_by_the_dataset_checker(sqlite_db: Database, t
     assert result.created
     manifest = read_manifest(store, result.prefix)
     assert manifest is not None
-    videos = sorted(f for f in manifest["files"] if f.startswith("videos/"))
-    assert videos == sorted(f"videos/{it.sha256}.{it.ext}" for it in items)
+    videos = sorted(f for f in manifest["files"] if f.startswith("../videos/"))  # in the spec's pool
+    assert videos == sorted(f"../videos/{it.sha256}.{it.ext}" for it in items)
     root = settings.storage.root.resolve() / result.prefix
     qwen = [json.loads(p.read_text()) for p in sorted(root.glob("qwen_*.json"))]
     samples = [s for part in qwen for s in part]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,57 +30,58 @@ from tests.videos import make_video
 pytest_plugins = ["fixtures_labelstudio", "fixtures_vllm"]
 pytestmark = [pytest.mark.labelstudio, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 REG = SpecRegistry()
 SPEC = REG.get("video_caption")
 EVENT = {"start": 1.0, "end": 2.5, "label": "change", "description": "The square turns green."}
 
 
 def _screenshot_task(label_studio: Any, project_id: int, task_id: int, shot: Path) -> dict[str, Any]:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    annotator = label_studio.signup(f"video-{uuid.uuid4().hex[:8]}@example.com")
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1600, "height": 1000},
+    with label_studio.annotator_page("video", height=1300) as page:
+        page.goto(f"{label_studio.url}/projects/{project_id}/data?task={task_id}")
+        # the video itself loaded from Label Studio's local-files serving, and decodes
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('video')].some(v => v.currentSrc.includes('/data/local-files/')"
+            " && v.readyState >= 1 && v.videoWidth > 0)",
+            timeout=60_000,
         )
-        try:
-            page = browser.new_page()
-            page.goto(f"{label_studio.url}/user/login/")
-            page.fill("input[name=email]", annotator.email)
-            page.fill("input[name=password]", annotator.password)
-            page.click("button[type=submit], input[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url, timeout=30_000)
-            page.goto(f"{label_studio.url}/projects/{project_id}/data?task={task_id}")
-            # the video itself loaded from Label Studio's local-files serving, and decodes
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('video')].some(v => v.currentSrc.includes('/data/local-files/')"
-                " && v.readyState >= 1 && v.videoWidth > 0)",
-                timeout=60_000,
-            )
-            # the pre-annotated caption and the event's label are on screen
-            expect(page.get_by_text("A square slides right").first).to_be_visible(timeout=30_000)
-            expect(page.get_by_role("treeitem").filter(has_text="change").first).to_be_visible(timeout=30_000)
-            info = page.evaluate(
-                "() => { const v = [...document.querySelectorAll('video')][0];"
-                " return {w: v.videoWidth, h: v.videoHeight, duration: v.duration}; }"
-            )
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+        # the pre-annotated caption and the event's label are on screen
+        expect(page.get_by_text("A square slides right").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("treeitem").filter(has_text="change").first).to_be_visible(timeout=30_000)
+        # Label Studio's video canvas drops its spinner and draws the timeline only once the
+        # video has enough data (readyState 4); before that the screenshot shows a spinner
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('video')].some(v => v.readyState === 4)"
+            " && !document.querySelector('[class*=video-canvas__loading]')",
+            timeout=60_000,
+        )
+        # the timeline row of the pre-annotated event: its label, its frame range and the bar
+        row = page.locator(".lsf-keypoints_timeline").filter(has_text="change").first
+        expect(row).to_be_visible(timeout=30_000)
+        bar = row.locator(".lsf-keypoints__lifespan").first
+        expect(bar).to_be_visible(timeout=30_000)
+        timeline = page.evaluate(
+            "() => { const row = document.querySelector('.lsf-keypoints_timeline');"
+            " const bar = row.querySelector('.lsf-keypoints__lifespan').getBoundingClientRect();"
+            " const frames = document.querySelector('.lsf-timeline-frames');"
+            " return {start: +row.dataset.start, end: +row.dataset.end, bar_px: bar.width,"
+            " bar_bottom: bar.bottom, viewport: window.innerHeight,"
+            " frame_px: parseFloat(getComputedStyle(frames).getPropertyValue('--frame-size'))}; }"
+        )
+        info = page.evaluate(
+            "() => { const v = [...document.querySelectorAll('video')][0];"
+            " return {w: v.videoWidth, h: v.videoHeight, duration: v.duration}; }"
+        )
+        info["timeline"] = timeline
+        page.screenshot(path=str(shot), full_page=True)
     return info
 
 
 def test_video_loop_with_label_studio(
     label_studio: Any, vllm_server: VLLMTestServer, tmp_path: Path, review_data: Any
 ) -> None:
-    if not CHROMIUM.exists():
+    if not review_data.CHROMIUM.exists():
         pytest.fail("Chromium missing: run scripts/ensure-chromium.sh")
     store = label_studio.new_store()
     settings = vllm_server.settings(label_studio.settings(tmp_path, f"sqlite:///{tmp_path / 'curation.db'}", store))
@@ -115,10 +115,15 @@ def test_video_loop_with_label_studio(
     timeline = [r for r in task.predictions[0].result if r["type"] == "timelinelabels"]
     assert [r["value"]["ranges"] for r in timeline] == [[{"start": 11, "end": 25}]]  # 1.0-2.5 s at 10 fps
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "review-browser-video.png"
+    shot = review_data.ARTIFACTS / "review-browser-video.png"
     info = _screenshot_task(label_studio, imported.project_id, task.id, shot)
     assert (info["w"], info["h"]) == (320, 240) and info["duration"] == pytest.approx(4.0, abs=0.2)
+    # the screenshot shows the event on the timeline: frames 11-25 (1.0-2.5 s at 10 fps), drawn as a
+    # bar 14 frames long, inside the viewport that was captured
+    tl = info["timeline"]
+    assert (tl["start"], tl["end"]) == (11, 25)
+    assert tl["frame_px"] > 0 and tl["bar_px"] == pytest.approx((25 - 11) * tl["frame_px"], abs=2)
+    assert tl["bar_bottom"] <= tl["viewport"]
     assert shot.stat().st_size > 10_000
 
     # the annotator moves the event to where they saw it (3.0-3.5 s) and keeps the caption

@@ -68,7 +68,7 @@ def test_confidence_counts_value_tokens_only() -> None:
     text = '{"caption": "a red car"}'
     # keys, quotes and braces are made very unlikely: if they counted, confidence would collapse
     tokens = _tokens_for(text, {"a red car": math.log(0.99)}, structural_lp=math.log(0.1))
-    routing, detail = field_confidences(text, tokens, spec)
+    routing, detail = field_confidences(text, tokens, spec, aggregator="joint")
     assert detail["caption"]["n_tokens"] == len("a red car")
     assert routing["caption"] == pytest.approx(0.99 ** len("a red car"))
     assert detail["caption"]["min"] == pytest.approx(0.99)
@@ -85,7 +85,7 @@ def test_confidence_of_boxes_uses_the_number_tokens_and_lists_take_the_worst_ele
             tokens[i] = TokenLogprob(t.token, 0.0, t.bytes)
         if text[i] in "dog" and 40 < i < 60:
             tokens[i] = TokenLogprob(t.token, 0.0, t.bytes)
-    routing, detail = field_confidences(text, tokens, spec)
+    routing, detail = field_confidences(text, tokens, spec, aggregator="joint")
     first, second = detail["objects"]["elements"]
     assert first["n_tokens"] == len("12534099dog")
     assert first["joint"] == pytest.approx(0.5**3)  # "340" is three tokens at 0.5 each
@@ -110,7 +110,7 @@ def test_confidence_of_empty_values_is_the_closing_decision() -> None:
     tokens = _tokens_for(text, {"null": math.log(0.7), "blue": math.log(0.9)}, structural_lp=0.0)
     close_quote = text.index('"plate_number": ""') + len('"plate_number": "')
     tokens[close_quote] = TokenLogprob('"', math.log(0.4), (34,))
-    routing, _detail = field_confidences(text, tokens, spec)
+    routing, _detail = field_confidences(text, tokens, spec, aggregator="joint")
     assert routing["plate_number"] == pytest.approx(0.4)
     assert routing["plate_box"] == pytest.approx(0.7**4)
     assert routing["plate_color"] == pytest.approx(0.9**4)
@@ -144,7 +144,7 @@ def test_alignment_with_openai_byte_tokens_and_vllm_replacement_tokens() -> None
     spec = SPECS.get("caption").model_copy(deep=True)
     spec.fields = {"t": spec.fields["caption"]}
     for tokens in (openai_style, vllm_style):
-        routing, _ = field_confidences(text, tokens, spec)
+        routing, _ = field_confidences(text, tokens, spec, aggregator="joint")
         assert routing["t"] == pytest.approx(math.exp(-1.0))
 
 

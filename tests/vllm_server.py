@@ -10,10 +10,17 @@ What it honours of vLLM's contract, so the client is tested against the real thi
   ``usage``, ``finish_reason`` (``length`` when ``max_tokens`` cuts the answer), vLLM's error body;
 * a GPU's capacity: ``slots`` requests run at once, each taking ``latency_ms``; the rest queue;
 * the model's coordinate convention: the image is read and the model frame computed as vLLM's
-  processor would (``smart_resize`` of the *received* size, re-implemented here independently of
-  labelloop), then ground-truth boxes, stored in ORIGINAL pixels, are written as absolute pixels of
-  that frame (Qwen2.5-VL) or on the 0-1000 grid (``--coordinate-mode relative_1000``). A client
-  that resizes wrongly or forgets EXIF orientation therefore gets boxes that do not map back;
+  processor would (``smart_resize`` of the *received* size with the served family's factor,
+  ``--resize-factor`` 28 for Qwen2/2.5-VL, 32 for Qwen3-VL, and the server's min/max_pixels,
+  re-implemented here independently of labelloop), then ground-truth boxes, stored in ORIGINAL
+  pixels, are written as absolute pixels of that frame (Qwen2.5-VL) or on the 0-1000 grid
+  (``--coordinate-mode relative_1000``). A client that resizes wrongly or forgets EXIF orientation
+  therefore gets boxes that do not map back;
+* prompt tokens as vLLM counts them: ``usage.prompt_tokens`` = the frame's image tokens
+  (``(h/factor) * (w/factor)``) + the chat template's tokens + the prompt text's (one per
+  pre-tokenizer chunk, as a byte-level BPE never joins chunks); with ``return_token_ids: true``
+  the response carries ``prompt_token_ids`` in which every image token is ``<|image_pad|>``
+  (151655), as vLLM's does (``--no-token-ids`` plays a server that predates the field);
 * token logprobs: the answer JSON is cut into small tokens (digits singly, words, punctuation;
   CJK characters as two undecodable byte pieces, ``"\\ufffd"``, like vLLM reports split UTF-8);
   structural tokens (keys, quotes, brackets) get logprob ~0 as under a grammar, and the first
@@ -21,7 +28,10 @@ What it honours of vLLM's contract, so the client is tested against the real thi
   or per element of a list field), so tests can check what the client computes;
 * faults on demand, per image: ``POST /control/faults {"key": <sha256 or "*">, "faults": [...]}``
   queues faults (``"500"``, ``"429"`` (optional ``retry_after``), ``"hang"``, ``"malformed"``,
-  ``"schema"``, ``"truncated"``), consumed one per request for that image;
+  ``"schema"``, ``"truncated"``, ``"resize"``), consumed one per request for that image.
+  ``resize`` plays a server whose processor resizes the image again (optional ``min_pixels`` /
+  ``max_pixels``; default: a quarter of the received area): its boxes are written in that second
+  frame and its prompt tokens count that frame's image tokens, as a misconfigured vLLM's would;
 * a gate for tests that must act at a precise point of a batch: ``POST /control/gate {"closed":
   true}`` holds every new request before it takes a slot (those already in a slot finish), so the
   progress a test observes stays put while it looks; ``{"closed": false}`` lets them through.
@@ -66,7 +76,15 @@ import httptools
 from PIL import Image
 
 DEFAULT_TRUTH_DIR = Path(__file__).resolve().parent / "data" / "vllm_truth"
-FAULT_KINDS = ("500", "429", "hang", "malformed", "schema", "truncated")
+FAULT_KINDS = ("500", "429", "hang", "malformed", "schema", "truncated", "resize")
+#: Qwen2/2.5/3-VL's ``<|image_pad|>``, ``<|vision_start|>``, ``<|vision_end|>``
+IMAGE_PAD_ID, VISION_START_ID, VISION_END_ID = 151655, 151652, 151653
+#: tokens of Qwen2.5-VL's chat template around one user turn with one image (system prompt
+#: "You are a helpful assistant.", role markers, vision start/end, the assistant header)
+TEMPLATE_TOKENS = 21
+#: a stand-in for Qwen2's pre-tokenizer: contractions, letters with one leading non-letter,
+#: single digits, punctuation runs, whitespace
+_PRETOKEN = re.compile(r"'(?:s|t|re|ve|m|ll|d)|[^\r\n\w]?[^\W\d_]+|\d| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _SHA = re.compile(r"^[0-9a-f]{64}")
 log = logging.getLogger("vllm_test_server")
 
@@ -266,6 +284,10 @@ class ServerConfig:
     #: the server's processor bounds (vLLM's --mm-processor-kwargs); HF defaults
     min_pixels: int = 3136
     max_pixels: int = 12_845_056
+    #: patch size x merge size of the served model (Qwen2/2.5-VL 28, Qwen3-VL 32)
+    resize_factor: int = 28
+    #: honour ``return_token_ids`` (recent vLLM); False plays an older server that ignores it
+    token_ids: bool = True
     truth_dirs: list[Path] = field(default_factory=lambda: [DEFAULT_TRUTH_DIR])
     #: probability of every value token after the first one of a value
     value_token_p: float = 0.999
@@ -632,8 +654,11 @@ def _image_size(messages: list[dict[str, Any]]) -> tuple[int, int]:
     return media_summary(messages)["size"]
 
 
-def _answer_record(state: ServerState, key: str | None, spec: str, width: int, height: int, schema: Any) -> tuple:
-    """(record in the model's coordinates, confidence map, structural p)."""
+def _answer_record(
+    state: ServerState, key: str | None, spec: str, width: int, height: int, schema: Any, frame: tuple[int, int]
+) -> tuple:
+    """(record in the model's coordinates, confidence map, structural p); ``frame`` is the (h, w)
+    the processor made of the received image."""
     cfg = state.config
     truth = state.truth.get(key or "")
     record = (truth or {}).get("records", {}).get(spec)
@@ -648,7 +673,7 @@ def _answer_record(state: ServerState, key: str | None, spec: str, width: int, h
     if cfg.coordinate_mode == "relative_1000":
         record = convert_boxes(record, 1000 / orig_w, 1000 / orig_h, 1000, 1000)
     else:
-        mh, mw = processor_frame(height, width, cfg.min_pixels, cfg.max_pixels)
+        mh, mw = frame
         record = convert_boxes(record, mw / orig_w, mh / orig_h, mw, mh)
     return record, conf, structural_p
 
@@ -720,7 +745,17 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
                     ra = fault.get("retry_after")
                     headers = {"Retry-After": str(ra)} if ra is not None else None
                     return _error(429, "injected: too many requests", "RateLimitError", headers)
-            record, conf, structural_p = _answer_record(state, key, spec, width, height, schema)
+            frame = processor_frame(height, width, cfg.min_pixels, cfg.max_pixels, cfg.resize_factor)
+            if fault and fault["kind"] == "resize":  # the processor resizes the received image again
+                f = cfg.resize_factor
+                frame = processor_frame(
+                    frame[0],
+                    frame[1],
+                    int(fault.get("min_pixels", 4 * f * f)),
+                    int(fault.get("max_pixels", max(4 * f * f, frame[0] * frame[1] // 4))),
+                    f,
+                )
+            record, conf, structural_p = _answer_record(state, key, spec, width, height, schema, frame)
             if fault and fault["kind"] == "schema":
                 record = _break_schema(record)
             choice, n_tokens = render_choice(
@@ -733,8 +768,8 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
                 max_tokens=int(body.get("max_tokens") or 10**9),
                 top_n=top_n if body.get("logprobs") else -1,
             )
-            mh, mw = processor_frame(height, width, cfg.min_pixels, cfg.max_pixels)
-            prompt_tokens = (mh // 28) * (mw // 28) + 24 + _prompt_words(body)
+            image_tokens = (frame[0] // cfg.resize_factor) * (frame[1] // cfg.resize_factor)
+            prompt_tokens, prompt_ids_json = _prompt_token_ids(image_tokens, tuple(_prompt_texts(body)))
             usage = {
                 "prompt_tokens": prompt_tokens,
                 "total_tokens": prompt_tokens + n_tokens,
@@ -750,7 +785,13 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
                     choice,
                     b'], "usage": ',
                     json.dumps(usage).encode(),
-                    b', "prompt_logprobs": null}',
+                    b', "prompt_logprobs": null',
+                    (
+                        b', "prompt_token_ids": ' + prompt_ids_json
+                        if body.get("return_token_ids") and cfg.token_ids
+                        else b""
+                    ),
+                    b"}",
                 ]
             )
             with state.lock:
@@ -761,12 +802,25 @@ async def chat_completions(state: ServerState, request: Request) -> Reply:
                 state.inflight -= 1
 
 
-def _prompt_words(body: dict[str, Any]) -> int:
-    return sum(
-        len(str(p.get("text", "")).split())
+def _prompt_texts(body: dict[str, Any]) -> list[str]:
+    return [
+        str(p.get("text", ""))
         for msg in body.get("messages", [])
         for p in (msg.get("content") if isinstance(msg.get("content"), list) else [])
-    )
+        if p.get("type") == "text"
+    ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _prompt_token_ids(image_tokens: int, texts: tuple[str, ...]) -> tuple[int, bytes]:
+    """(prompt tokens, the ids as JSON) as vLLM would tokenise the prompt: template, vision start,
+    one ``<|image_pad|>`` per image token, vision end, the text (one made-up id per pre-tokenizer
+    chunk), template. Cached: a batch repeats a few image sizes and one prompt."""
+    text_ids = [1000 + i for t in texts for i, _ in enumerate(_PRETOKEN.findall(t))]
+    head = list(range(100, 100 + TEMPLATE_TOKENS - 2 - 5))  # system turn and user header
+    tail = list(range(200, 205))  # <|im_end|>, newline, assistant header
+    ids = [*head, VISION_START_ID, *([IMAGE_PAD_ID] * image_tokens), VISION_END_ID, *text_ids, *tail]
+    return len(ids), json.dumps(ids).encode()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -895,6 +949,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--truth-dir", type=Path, action="append", help="ground-truth sidecar folder (repeatable)")
     p.add_argument("--min-pixels", type=int, default=ServerConfig.min_pixels)
     p.add_argument("--max-pixels", type=int, default=ServerConfig.max_pixels)
+    p.add_argument("--resize-factor", type=int, default=ServerConfig.resize_factor, help="28 Qwen2/2.5-VL, 32 Qwen3-VL")
+    p.add_argument("--no-token-ids", action="store_true", help="ignore return_token_ids, like an older vLLM")
     args = p.parse_args(argv)
     config = ServerConfig(
         model=args.model,
@@ -904,6 +960,8 @@ def main(argv: list[str] | None = None) -> None:
         truth_dirs=args.truth_dir or [DEFAULT_TRUTH_DIR],
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
+        resize_factor=args.resize_factor,
+        token_ids=not args.no_token_ids,
     )
     ModelServer(config, args.host, args.port).run()
 

@@ -308,3 +308,135 @@ def clopper_pearson_interval(k: int, n: int, level: float) -> tuple[float, float
     lo = 0.0 if k == 0 else float(beta_dist.ppf(a, k, n - k + 1))
     hi = 1.0 if k == n else float(beta_dist.ppf(1 - a, k + 1, n - k))
     return lo, hi
+
+
+# --------------------------------------------------------------------------- what would raise coverage
+
+#: how many times the current reviewed units a what-if may assume (beyond: "not within reach")
+MAX_SCALE = 200.0
+
+
+@dataclass
+class Plan:
+    """What certifying lower thresholds would take under the routing in force (see :func:`plan`)."""
+
+    reviews_per_routed: float  # share of routed records reviewed under the routing in force
+    in_region: np.ndarray  # per grid threshold: reviewed records at or above it per routed record
+    cap: np.ndarray = field(repr=False)  # the ledger now and its expected growth per routed record
+    gain: np.ndarray = field(repr=False)
+    start: np.ndarray = field(repr=False)
+    start_gain: np.ndarray = field(repr=False)
+    n: np.ndarray = field(repr=False)
+    level: float = 0.95
+    min_samples: int = 50
+    max_routed: float = 0.0
+
+    def _reaches(self, m: float, g: int) -> bool:
+        need = np.log(1 / (1 - self.level))
+        passed = _log_mean_exp(self.cap + m * self.gain) >= need
+        tested = (_log_mean_exp(self.start + m * self.start_gain) >= need) & (
+            self.n + m * self.in_region >= self.min_samples
+        )
+        best, _ = _descend(passed, tested)
+        return best is not None and best >= g
+
+    def routed(self, g: int) -> float:
+        """Routed records needed until grid threshold ``g`` or a lower one is certified (inf: not within
+        :data:`MAX_SCALE` times the reviews so far). Bisection on a geometric grid: the descent is
+        monotone in the amount of data but for rare ties, and the answer is checked where it lands."""
+        if self.max_routed <= 0:
+            return float("inf")
+        if self._reaches(0.0, g):
+            return 0.0
+        ms = np.geomspace(self.max_routed / MAX_SCALE / 100, self.max_routed, 256)
+        if not self._reaches(float(ms[-1]), g):
+            return float("inf")
+        lo, hi = 0, ms.size - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._reaches(float(ms[mid]), g):
+                hi = mid
+            else:
+                lo = mid + 1
+        return float(ms[lo])
+
+
+def plan(
+    u: Units,
+    *,
+    current: float | None,
+    audit_rate: float | None,
+    target: float,
+    level: float,
+    min_samples: int,
+    grid: np.ndarray = GRID,
+) -> Plan:
+    """How many more records must be routed (and so how many reviewed) before the descent certifies each
+    grid threshold or a lower one, if routing goes on as now: full review while ``current`` is None;
+    else records below ``current`` reviewed (probability 1, bet scaled by the audit rate) and those
+    above it audited at ``audit_rate``. Review-routed records are weak evidence on the auto-accept
+    region (their bet is scaled down by the audit rate), which is why the plan follows the routing
+    rather than the mix of reviews so far (the full-review phase was stronger evidence per review).
+
+    The model: the score distribution of future records is the weighted one of the reviewed units;
+    each region ``A(tau)`` keeps the log-capital it has and new units in it err at ``r(tau)``, its
+    weighted error share now, made non-increasing in ``tau`` (the smallest share of any region at or
+    below it: the certificate already assumes errors do not rise with confidence), so one chance error
+    in a small, very confident region does not block every plan, and a region erring at or above the
+    target never passes. A planning figure, not a promise: new reviews err at their own rate."""
+    if len(u) == 0 or (current is not None and not audit_rate):
+        z = np.zeros((grid.size, BETS.size))
+        return Plan(0.0, np.zeros(grid.size), z, z, z, z, np.zeros(grid.size), level, min_samples, 0.0)
+    ledger = Ledger(target, grid).add(u)
+    order = np.argsort(-u.score, kind="stable")
+    v = Units(u.score[order], u.error[order], u.pi[order], u.floor[order])
+    idx = _region_index(v.score, grid)
+    w = (1 / v.pi) / (1 / v.pi).sum()  # each unit's share of the routed population
+    if current is None:
+        p_new, scale_new = np.ones(len(v)), np.ones(len(v))
+    else:
+        below = v.score < current
+        p_new = np.where(below, 1.0, audit_rate)
+        scale_new = np.where(below, audit_rate, 1.0)  # floor / pi of the review the unit would get
+    # per routed record: the log-increment of each unit's review, if right (up) or wrong (down), times
+    # the chance it is that unit and gets reviewed; cumulated by score, so per region A(tau)
+    bets = scale_new[:, None] * BETS[None, :] / (1 - target)
+    up = np.log1p(bets * target) * (w * p_new)[:, None]
+    down = np.log1p(-bets * (1 - target)) * (w * p_new)[:, None]
+
+    def cum(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((x.shape[0] + 1, *x.shape[1:]))
+        np.cumsum(x, axis=0, out=out[1:])
+        return out[idx]
+
+    up_c, down_c = cum(up), cum(down)
+    iw = 1 / v.pi
+    ce, cw = cum(iw * v.error), cum(iw)
+    share = np.where(cw > 0, ce / np.maximum(cw, 1e-300), 1.0)
+    rate = np.minimum.accumulate(share[::-1])[::-1][:, None]
+    gain = rate * down_c + (1 - rate) * up_c  # expected log-capital per routed record, (G, J)
+    start_rate = START_RATE * target
+    start_gain = start_rate * down_c + (1 - start_rate) * up_c
+    q = cum(w * p_new)  # reviewed units at or above tau per routed record
+    per = float(w @ p_new)
+    return Plan(
+        per,
+        q,
+        ledger.cap,
+        gain,
+        ledger.start,
+        start_gain,
+        ledger.n.astype(float),
+        level,
+        min_samples,
+        MAX_SCALE * len(u) / max(per, 1e-12),
+    )
+
+
+def weighted_error_share(u: Units, tau: float) -> float | None:
+    """Inverse-probability-weighted share of wrong units at or above ``tau`` (None: no units there)."""
+    m = u.score >= tau
+    if not m.any():
+        return None
+    w = 1 / u.pi[m]
+    return float((w * u.error[m]).sum() / w.sum())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,17 @@ def _floor(r: dict[str, Any], audit_floor: float) -> float:
     return min(float(r["inclusion_prob"]), float(rate) if rate is not None else audit_floor)
 
 
-def _group_units(rows: list[dict[str, Any]], per_field: bool) -> dict[tuple[str, ...], Units]:
+@dataclass
+class Group:
+    """The reviewed units of one key, with each unit's item and the field that set its score (the
+    least confident one: what holds a record back)."""
+
+    units: Units
+    items: list[Any]
+    weakest: list[str]
+
+
+def group_units(rows: list[dict[str, Any]], per_field: bool) -> dict[tuple[str, ...], Group]:
     """Units per (spec, model_key) for records, or per (spec, model_key, field) for values."""
     audit_floor: dict[tuple[str, str], float] = {}
     for r in rows:
@@ -117,14 +128,23 @@ def _group_units(rows: list[dict[str, Any]], per_field: bool) -> dict[tuple[str,
         fl = _floor(r, audit_floor.get(gk, 0.0))
         conf = float(r["confidence"]) if r["confidence"] is not None else 0.0
         key = (*gk, r["field"]) if per_field else gk
-        unit = acc[key].setdefault(r["item"], [1.0, False, float(r["inclusion_prob"]), fl])
-        unit[0] = min(unit[0], conf)
+        unit = acc[key].setdefault(r["item"], [2.0, False, float(r["inclusion_prob"]), fl, r["field"]])
+        if conf < unit[0]:
+            unit[0], unit[4] = conf, r["field"]
         unit[1] = unit[1] or bool(r["changed"])
     out = {}
     for key, units in acc.items():
-        arr = np.array([[*u[:1], float(u[1]), *u[2:]] for u in units.values()], dtype=float).reshape(-1, 4)
-        out[key] = Units.of(arr[:, 0], arr[:, 1] > 0, arr[:, 2], arr[:, 3])
+        arr = np.array([[u[0], float(u[1]), u[2], u[3]] for u in units.values()], dtype=float).reshape(-1, 4)
+        out[key] = Group(
+            Units.of(arr[:, 0], arr[:, 1] > 0, arr[:, 2], arr[:, 3]),
+            list(units),
+            [u[4] for u in units.values()],
+        )
     return out
+
+
+def _group_units(rows: list[dict[str, Any]], per_field: bool) -> dict[tuple[str, ...], Units]:
+    return {k: g.units for k, g in group_units(rows, per_field).items()}
 
 
 def calibrate_rows(

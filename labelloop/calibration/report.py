@@ -1,22 +1,26 @@
-"""Calibration report: per field a reliability diagram and a coverage-versus-error curve (PNG), the
-estimated annotator time saved, and one self-contained HTML page, stored under
-``reports/calibration/<run>/`` (``reports/calibration/latest.html`` points at the newest)."""
+"""Calibration report, stored under ``reports/calibration/<run>/`` (``reports/calibration/latest.html``
+points at the newest): per spec and model the statement in plain words (the guarantee and its
+assumptions, coverage, the audit sample's live estimate with its Clopper-Pearson interval, what would
+raise coverage; :mod:`labelloop.calibration.statement`), where each key stands (certified, full review,
+uncalibrated), the estimated reviewer time saved, per statement a coverage-versus-error curve and per
+field a reliability diagram (PNG), as one HTML page, ``report.json`` and ``summary.txt``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import html
 import io
+import json
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 from sqlalchemy import func, select
 
 from labelloop.calibration.run import CalibrationResult, FieldOutcome, current_thresholds
+from labelloop.calibration.statement import Statement
 from labelloop.db import Annotation, Database, Prediction, ReviewTask
 from labelloop.storage import ObjectStore
 
@@ -49,41 +53,25 @@ def reliability_png(o: FieldOutcome) -> bytes:
     return _png(fig)
 
 
-def _field_confidences(db: Database, o: FieldOutcome) -> np.ndarray:
-    spec, fld, model, mv, ph = o.key
-    with db.session() as s:
-        rows = s.scalars(
-            select(Prediction.field_confidence).where(
-                Prediction.spec == spec,
-                Prediction.model == model,
-                Prediction.model_version == mv,
-                Prediction.prompt_hash == ph,
-                Prediction.status == "ok",
-            )
-        )
-        return np.array([float(fc.get(fld, 0.0)) for fc in rows], dtype=float)
-
-
-def coverage_png(o: FieldOutcome, conf: np.ndarray, target: float) -> bytes:
+def coverage_png(st: Statement) -> bytes:
+    """Coverage against the weighted error share of what a threshold would auto-accept."""
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    curve = o.choice.curve
-    if curve and conf.size:
-        cov = [float((conf >= c["threshold"]).mean()) for c in curve]
-        ax.plot(cov, [c["rate"] for c in curve], label="measured change rate above threshold")
-        ax.plot(cov, [c["upper_bound"] for c in curve], ls="--", label="upper bound")
-    ax.axhline(target, c="red", lw=1, label=f"target {target:.1%}")
-    if o.choice.threshold is not None and conf.size:
-        ax.axvline(
-            float((conf >= o.choice.threshold).mean()),
-            c="green",
-            lw=1,
-            label=f"chosen threshold {o.choice.threshold:.3f}",
+    if st.curve:
+        ax.plot(
+            [c["coverage"] for c in st.curve],
+            [c["error_share"] for c in st.curve],
+            label=f"reviewed {st.unit} changed (weighted)",
         )
+    ax.axhline(st.target, c="red", lw=1, label=f"target {st.target:.1%}")
+    if st.cert.threshold is not None:
+        ax.axvline(st.cert.coverage, c="green", lw=1, label=f"chosen threshold {st.cert.threshold:.3f}")
+        if st.cert.upper_bound is not None:
+            ax.plot([st.cert.coverage], [st.cert.upper_bound], "v", c="green", label="upper bound there")
     ax.set_xlabel("coverage (share auto-accepted)")
     ax.set_ylabel("error (share changed)")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, max(0.1, min(1.0, 3 * target)))
-    ax.set_title(f"{o.key[0]}.{o.key[1]}", fontsize=10)
+    ax.set_ylim(0, max(0.1, min(1.0, 3 * st.target)))
+    ax.set_title(st.title, fontsize=9)
     ax.legend(fontsize=7)
     return _png(fig)
 
@@ -126,46 +114,102 @@ def time_saved(db: Database) -> dict[str, dict[str, float]]:
 
 
 def write_report(
-    db: Database, store: ObjectStore, result: CalibrationResult, target: float, run_id: str | None = None
+    db: Database,
+    store: ObjectStore,
+    result: CalibrationResult,
+    target: float,
+    run_id: str | None = None,
+    overview: dict[str, Any] | None = None,
 ) -> str:
-    """Store the PNGs and the HTML page; returns the page's key."""
+    """Store the PNGs, the HTML page, ``report.json`` and ``summary.txt``; returns the page's key.
+    ``overview``: :func:`labelloop.calibration.overview.calibration_overview` (marks uncalibrated keys)."""
     run_id = run_id or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     prefix = f"reports/calibration/{run_id}"
+    saved = time_saved(db)
+    esc = html.escape
+    statements = []
+    text = [f"labelloop calibration {run_id}", ""]
+    for i, st in enumerate(result.statements):
+        review_s = saved.get(st.spec, {}).get("mean_lead_time_s") or None
+        store.put(f"{prefix}/statement-{i}.png", coverage_png(st), content_type="image/png")
+        lines = st.lines(review_s)
+        text += [st.title, *("  " + x for x in lines), ""]
+        statements.append(
+            f"<h2>{esc(st.title)}</h2><ul>"
+            + "".join(f"<li>{esc(x)}</li>" for x in lines)
+            + f'</ul><img src="statement-{i}.png" alt="coverage and error">'
+        )
     sections = []
     for i, o in enumerate(result.outcomes):
-        conf = _field_confidences(db, o)
         store.put(f"{prefix}/reliability-{i}.png", reliability_png(o), content_type="image/png")
-        store.put(f"{prefix}/coverage-{i}.png", coverage_png(o, conf, target), content_type="image/png")
         thr = "full review" if o.choice.threshold is None else f"{o.choice.threshold:.4f}"
         ub = "-" if o.choice.upper_bound is None else f"{o.choice.upper_bound:.4f}"
         sections.append(
-            f"<h2>{html.escape(o.key[0])}.{html.escape(o.key[1])}</h2>"
-            f"<p>model {html.escape(o.key[2])} {html.escape(o.key[3])} (prompt {html.escape(o.key[4])}): "
-            f"threshold <b>{thr}</b>, upper bound {ub}, {o.choice.n_samples} reviewed values, version {o.version}"
-            f"<br><small>{html.escape(o.choice.reason)}</small></p>"
-            f'<img src="reliability-{i}.png" alt="reliability"> <img src="coverage-{i}.png" alt="coverage">'
+            f"<h3>{esc(o.key[0])}.{esc(o.key[1])}</h3>"
+            f"<p>model {esc(o.key[2])} {esc(o.key[3])} (prompt {esc(o.key[4])}): "
+            f"threshold <b>{thr}</b>, upper bound {ub}, {o.choice.n_samples} reviewed, version {o.version}"
+            f"<br><small>{esc(o.choice.reason)}</small></p>"
+            f'<img src="reliability-{i}.png" alt="reliability">'
         )
-    saved = time_saved(db)
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v['items']}</td><td>{v['auto_accepted']}</td>"
+        f"<tr><td>{esc(k)}</td><td>{v['items']}</td><td>{v['auto_accepted']}</td>"
         f"<td>{v['mean_lead_time_s']:.1f}</td><td>{v['hours_saved']:.2f}</td></tr>"
         for k, v in saved.items()
     )
+    text += [
+        f"{k}: {v['auto_accepted']} of {v['items']} items auto-accepted, about {v['hours_saved']:.1f} reviewer hours "
+        f"saved (at {v['mean_lead_time_s']:.0f} s per review)"
+        for k, v in saved.items()
+    ]
+    standing = ""
+    if overview is not None:
+        from labelloop.calibration.overview import describe
+
+        marks = [(r, describe(r)) for r in overview["keys"]]
+        standing = (
+            "<h2>Where each spec and model stands</h2><ul>"
+            + "".join(
+                f"<li{' class=uncal' if r['uncalibrated'] else ''}>{esc(r['spec'])} [{esc(r['model_key'])}]: "
+                f"{esc(d)}</li>"
+                for r, d in marks
+            )
+            + "".join(
+                f"<li class=uncal>{esc(spec)}: {n} items auto-accepted or audited on uncalibrated manual "
+                "thresholds (no guarantee)</li>"
+                for spec, n in overview["decisions_on_manual_thresholds"].items()
+            )
+            + "</ul>"
+        )
+        text += ["", *(f"{r['spec']} [{r['model_key']}]: {d}" for r, d in marks)]
     drift = "".join(
-        f"<li>{html.escape(d['spec'])}.{html.escape(d['field'])}: {d['changed']}/{d['n']} audited "
-        f"auto-accepts changed</li>"
+        f"<li>{esc(d['spec'])}.{esc(d['field'])}: {d['changed']}/{d['n']} audited "
+        f"auto-accepted {esc(d.get('unit', 'value'))}s changed</li>"
         for d in result.drift
     )
+    scope = "records" if not any(st.field for st in result.statements) else "values of each field"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>labelloop calibration {run_id}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}img{{max-width:45%}}td,th{{padding:2px 8px}}</style>
-</head><body><h1>Calibration {run_id}</h1><p>Target error {target:.1%}. Thresholds are chosen per field so that the
-upper confidence bound of the share of values reviewers changed, among values at or above the threshold, stays under
-the target.</p>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}img{{max-width:45%}}td,th{{padding:2px 8px}}
+.uncal{{color:#a40}}</style>
+</head><body><h1>Calibration {run_id}</h1><p>Target error {target:.1%} of auto-accepted {scope}. Thresholds are
+certified from reviewed items weighted by how each came to be reviewed (full review, review-routed, audit sample),
+with an upper confidence bound that stays valid however often calibration reruns.</p>
 {"<h2>Drift</h2><ul>" + drift + "</ul>" if drift else ""}
-<h2>Estimated annotator time saved</h2><table><tr><th>spec</th><th>items</th><th>auto-accepted</th>
+{"".join(statements) or "<p>No reviewed fields yet.</p>"}
+{standing}
+<h2>Estimated reviewer time saved</h2><table><tr><th>spec</th><th>items</th><th>auto-accepted</th>
 <th>mean review time (s)</th><th>hours saved</th></tr>{rows}</table>
-{"".join(sections) or "<p>No reviewed fields yet.</p>"}
+<h2>Per field</h2>{"".join(sections)}
 </body></html>"""
+    doc = {
+        "run": run_id,
+        "target": target,
+        "statements": [st.as_dict() for st in result.statements],
+        "overview": overview,
+        "time_saved": saved,
+        "drift": result.drift,
+    }
+    store.put(f"{prefix}/report.json", json.dumps(doc, indent=1, default=str).encode(), content_type="application/json")
+    store.put(f"{prefix}/summary.txt", "\n".join(text).encode(), content_type="text/plain; charset=utf-8")
     key = f"{prefix}/index.html"
     store.put(key, page.encode(), content_type="text/html; charset=utf-8")
     store.put(

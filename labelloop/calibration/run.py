@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from labelloop.calibration.guarantee import drift_tripped
+from labelloop.calibration.live import LiveAudit, live_audits
 from labelloop.calibration.offline import calibrate_rows, export_rows_in
 from labelloop.calibration.select import ThresholdChoice
+from labelloop.calibration.statement import build_statements
 from labelloop.calibration.stats import lower_bound
 from labelloop.config import CalibrationSettings
 from labelloop.db import Database, FieldCorrection, Prediction, Threshold
 
 log = logging.getLogger(__name__)
+
+DRIFT_REASON = "the audit sample showed drift: back to full review until new reviews certify a threshold"
 
 ModelKey = tuple[str, str, str, str]  # spec, model, model_version, prompt_hash
 FieldKey = tuple[str, str, str, str, str]  # spec, field, model, model_version, prompt_hash
@@ -36,7 +39,8 @@ class DriftDetected(RuntimeError):
         self.fields = fields
         lines = [
             f"{f['spec']}.{f['field']} ({f['model']} {f['model_version']}): {f['changed']}/{f['n']} audited "
-            f"auto-accepts changed (>= {f['lower_bound']:.1%} at 95%), target {f['target']:.1%}"
+            f"auto-accepted {f.get('unit', 'value')}s changed "
+            f"(>= {f['lower_bound']:.1%} at {f.get('level', 0.95):.0%}), target {f['target']:.1%}"
             for f in fields
         ]
         super().__init__("auto-accept drift detected; these fields are back to full review:\n  " + "\n  ".join(lines))
@@ -57,6 +61,10 @@ class CalibrationResult:
     new_keys_full_review: list[FieldKey] = field(default_factory=list)
     drift: list[dict[str, Any]] = field(default_factory=list)
     item_level: Any = None
+    #: audits of what was auto-accepting before this run, per key (see labelloop.calibration.live)
+    live: dict[tuple[str, ...], LiveAudit] = field(default_factory=dict)
+    #: the plain-words statement per key (labelloop.calibration.statement), for the CLI and the report
+    statements: list[Any] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +87,8 @@ class CalibrationResult:
             "item_level": self.item_level,
             "new_keys_full_review": [list(k) for k in self.new_keys_full_review],
             "drift": self.drift,
+            "live_audit": [a.as_dict() for a in self.live.values()],
+            "statements": [st.as_dict() for st in self.statements],
         }
 
 
@@ -218,48 +228,54 @@ def calibrate(db: Database, settings: CalibrationSettings, *, raise_on_drift: bo
                 mk = (key[0], "|".join(key[2:]))
                 epochs[mk] = max(epochs.get(mk, thr.created_at), thr.created_at)
 
-        # 1. drift guard on fields that are auto-accepting now
+        # 1. drift guard on what is auto-accepting now, on the unit the target is stated on (records
+        #    item-level: a record is wrong when any field was changed; values per field)
         drifted: set[FieldKey] = set()
-        for key, thr in current.items():
-            if thr.threshold is None:
-                continue
-            audits = [
-                (c, ch)
-                for c, ch, route, created in corrections.get(key, [])
-                if route == "audit" and c is not None and c >= thr.threshold and created >= thr.created_at
-            ]
-            n, k = len(audits), sum(ch for _, ch in audits)
-            if n == 0:
-                continue
+        live = live_audits(
+            s,
+            current,
+            per_field=settings.per_field,
+            target=settings.target_error,
+            level=settings.confidence_level,
+        )
+        result.live = live
+        for a in live.values():
             # anytime-valid: checked every night on the growing audit sample without inflating false
             # alarms; the lower bound in the message is the exact one, for people to read
-            lb = lower_bound(k, n, settings.confidence_level, "clopper_pearson")
-            if drift_tripped([ch for _, ch in audits], settings.target_error, settings.confidence_level):
-                info = {
-                    "spec": key[0],
-                    "field": key[1],
-                    "model": key[2],
-                    "model_version": key[3],
-                    "prompt_hash": key[4],
-                    "n": n,
-                    "changed": k,
-                    "lower_bound": lb,
-                    "target": settings.target_error,
-                    "threshold": thr.threshold,
-                }
+            if not a.tripped:
+                continue
+            model, mv, ph = a.model_key.split("|", 2)
+            info = {
+                "spec": a.spec,
+                "field": ", ".join(a.fields),
+                "fields": a.fields,
+                "model": model,
+                "model_version": mv,
+                "prompt_hash": ph,
+                "unit": "value" if settings.per_field else "record",
+                "n": a.n,
+                "changed": a.changed,
+                "lower_bound": lower_bound(a.changed, a.n, settings.confidence_level, "clopper_pearson"),
+                "target": settings.target_error,
+                "level": settings.confidence_level,
+                "threshold": a.threshold,
+            }
+            unit = "values" if settings.per_field else "records"
+            for fld in a.fields:
+                key = (a.spec, fld, model, mv, ph)
                 _write(
                     s,
                     key,
-                    thr,
+                    current[key],
                     None,
                     settings.target_error,
                     None,
-                    n,
-                    f"drift: {k}/{n} audited auto-accepts changed; back to full review",
+                    a.n,
+                    f"drift: {a.changed}/{a.n} audited auto-accepted {unit} changed; back to full review",
                     {"drift": info},
                 )
                 drifted.add(key)
-                result.drift.append(info)
+            result.drift.append(info)
 
         # 2. new model versions / prompts start at full review
         for mkey, fields in _model_keys_with_fields(s).items():
@@ -319,6 +335,20 @@ def calibrate(db: Database, settings: CalibrationSettings, *, raise_on_drift: bo
                 }
                 version = _write(s, key, prev, thr, settings.target_error, ub, n, reason, evidence)
             result.outcomes.append(FieldOutcome(key, choice, version, changed, table))
+        # a key reset by the drift guard states no guarantee, whatever the older evidence would certify
+        reset = {(k[0], "|".join(k[2:]), *((k[1],) if settings.per_field else ())) for k in drifted}
+        result.statements = build_statements(
+            rows,
+            {
+                k: replace(c, threshold=None, upper_bound=None, coverage=0.0, reason=DRIFT_REASON) if k in reset else c
+                for k, c in certs.items()
+            },
+            target=settings.target_error,
+            level=settings.confidence_level,
+            per_field=settings.per_field,
+            min_samples=settings.min_samples,
+            live=live,
+        )
     for info in result.drift:
         log.error(
             "drift on %s.%s: %s/%s audited auto-accepts changed",

@@ -21,12 +21,11 @@ app.add_typer(config_app, name="config")
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, revision: str = typer.Option("head", help="Target revision.")) -> None:
     """Create or migrate the curation database schema (safe to run repeatedly)."""
-    from labelloop.config import redact_url
     from labelloop.db.migrate import current_revision
 
     c = get_ctx(ctx)
     c.db.upgrade(revision)
-    out.print(f"curation database {redact_url(c.settings.db.url)} at revision {current_revision(c.db.engine)}")
+    out.print(f"curation database {c.settings.db.url_redacted} at revision {current_revision(c.db.engine)}")
 
 
 # --------------------------------------------------------------------------- config

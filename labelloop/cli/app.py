@@ -18,7 +18,7 @@ from rich.console import Console
 from labelloop.config import CONFIG_FILE_ENV, Settings
 
 app = typer.Typer(
-    help="labelloop: ingest images and PDFs, pre-label them, review in Label Studio, export datasets.\n\n"
+    help="labelloop: ingest images, documents and videos, pre-label them, review in Label Studio, export datasets.\n\n"
     "Start with `labelloop db upgrade`, then `labelloop ingest FOLDER` and `labelloop status`.",
     no_args_is_help=True,
     rich_markup_mode="rich",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -60,7 +60,7 @@ def calibrate(
         cal = c.settings.calibration
         try:
             rows = read_log(from_log)
-            doc, _ = calibrate_rows(
+            doc, certs = calibrate_rows(
                 rows,
                 target=target if target is not None else cal.target_error,
                 level=level if level is not None else cal.confidence_level,
@@ -77,6 +77,18 @@ def calibrate(
             for t in doc["thresholds"]:
                 thr = "full review" if t["threshold"] is None else f"{t['threshold']:.4f}"
                 out.print(f"{t['spec']}.{t['field']} [{t['model_key']}]: {thr} (n={t['n']}, {t['method']})")
+            from labelloop.calibration.statement import build_statements
+
+            pf = per_field or cal.per_field
+            for st in build_statements(
+                rows,
+                certs,
+                target=target if target is not None else cal.target_error,
+                level=level if level is not None else cal.confidence_level,
+                per_field=pf,
+                min_samples=cal.min_samples,
+            ):
+                _print_statement(st, None, live_known=False)
         return
 
     c = get_ctx(ctx)
@@ -86,11 +98,23 @@ def calibrate(
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
-    key = write_report(c.db, c.store, result, c.settings.calibration.target_error) if report else None
+    from labelloop.calibration.overview import calibration_overview, describe
+    from labelloop.calibration.report import time_saved
+
+    overview = calibration_overview(c.db, c.settings.calibration, c.settings.routing)
+    key = (
+        write_report(c.db, c.store, result, c.settings.calibration.target_error, overview=overview) if report else None
+    )
     if as_json:
-        out.print_json(json.dumps({**result.as_dict(), "report": key}))
+        out.print_json(json.dumps({**result.as_dict(), "overview": overview, "report": key}, default=str))
     else:
         _print_thresholds(c)
+        saved = time_saved(c.db)
+        for st in result.statements:
+            _print_statement(st, saved.get(st.spec, {}).get("mean_lead_time_s") or None)
+        for row in overview["keys"]:
+            if row["uncalibrated"]:
+                out.print(f"[bold]{row['spec']} [{row['model_key']}][/bold]: {describe(row)}")
         if key:
             out.print(f"report: {c.store.uri(key)}")
     if result.drift:
@@ -104,6 +128,13 @@ def thresholds(ctx: typer.Context) -> None:
     c = get_ctx(ctx)
     ensure_db(c)
     _print_thresholds(c)
+
+
+def _print_statement(st: Any, review_s: float | None, live_known: bool = True) -> None:
+    """The plain-words statement of one key (labelloop.calibration.statement)."""
+    out.print(f"\n[bold]{st.title}[/bold]")
+    for line in st.lines(review_s, live_known=live_known):
+        out.print(f"  {line}", markup=False)
 
 
 def _print_thresholds(c: Context) -> None:

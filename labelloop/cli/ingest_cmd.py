@@ -56,7 +56,7 @@ def ingest(
     limit: Annotated[int | None, typer.Option(help="Stop after this many files.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Register images and PDFs by content (sha256); bad files are recorded with a reason."""
+    """Register images, documents (PDF, office) and videos by content (sha256); bad files are recorded with a reason."""
     c = get_ctx(ctx)
     try:
         stats = ingest_step(c, source, limit=limit, show_progress=not as_json)

@@ -21,12 +21,15 @@ def status(
         bool, typer.Option("--rejects", help="List rejected files and rejected annotations with their reasons.")
     ] = False,
 ) -> None:
-    """Counts per stage and spec: predictions (failures by reason), review tasks by route/state, records, rejects."""
+    """Counts per stage and spec: predictions (failures by reason), review tasks by route/state, records, rejects;
+    and per spec and model where calibration stands (certified, full review, or uncalibrated)."""
+    from labelloop.calibration.overview import calibration_overview
     from labelloop.status import pipeline_status
 
     c = get_ctx(ctx)
     ensure_db(c)
     st = pipeline_status(c.db)
+    st["calibration"] = calibration_overview(c.db, c.settings.calibration, c.settings.routing)
     if rejects:
         st["reject_list"] = _reject_list(c)
         st["annotation_reject_list"] = _annotation_reject_list(c)
@@ -38,7 +41,7 @@ def status(
     table.add_column("group")
     table.add_column("count", justify="right")
     for stage, value in st.items():
-        if stage in ("reject_list", "annotation_reject_list"):
+        if stage in ("reject_list", "annotation_reject_list", "calibration"):
             continue
         if isinstance(value, dict):
             if not value:
@@ -48,6 +51,7 @@ def status(
         else:
             table.add_row(stage, "", str(value))
     out.print(table)
+    _print_calibration(st["calibration"])
     for row in st.get("reject_list", []):
         out.print(f"  {row['reason']:<20} {row['source_uri']}  ({row['detail']})")
     for row in st.get("annotation_reject_list", []):
@@ -55,6 +59,26 @@ def status(
             f"  annotation {row['annotation_id']} of task {row['task_id']} (project {row['project_id']},"
             f" {row['spec']}): {row['reason']}"
         )
+
+
+def _print_calibration(cal: dict[str, object]) -> None:
+    from labelloop.calibration.overview import describe
+
+    keys = cal["keys"]
+    assert isinstance(keys, list)
+    if not keys:
+        out.print("calibration: no predictions yet")
+    table = Table(title="calibration (per spec and model)", show_header=True)
+    for col in ("spec", "model", "state"):
+        table.add_column(col)
+    for row in keys:
+        table.add_row(row["spec"], row["model_key"], describe(row))
+    if keys:
+        out.print(table)
+    manual = cal["decisions_on_manual_thresholds"]
+    assert isinstance(manual, dict)
+    for spec, n in manual.items():
+        out.print(f"  {spec}: {n} items auto-accepted or audited on uncalibrated manual thresholds (no guarantee)")
 
 
 def _reject_list(c: Context) -> list[dict[str, str]]:

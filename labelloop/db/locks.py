@@ -40,7 +40,7 @@ def _pg_key(name: str) -> int:
 
 def _lock_path(db: Database, name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-    database = make_url(db.settings.url).database
+    database = make_url(db.settings.url_value).database
     if database and database != ":memory:":
         return Path(f"{database}.{safe}.lock")
     return Path(tempfile.gettempdir()) / f"labelloop-{os.getpid()}-{safe}.lock"

@@ -417,6 +417,29 @@ class DatasetVersionRecord(Base):
     provenance: Mapped[str] = mapped_column(String(16))
 
 
+class PoolImage(Base):
+    """An image in a spec's content-addressed pool (``datasets/<spec>/images/``), which every
+    dataset version's annotation files point into.
+
+    A pool file is written once and never changed; this row, written after the file is stored,
+    remembers its sha256, size and pixel size so a new version neither reads nor rewrites the
+    images earlier versions already hold.
+    """
+
+    __tablename__ = "pool_images"
+    __table_args__ = (UniqueConstraint("spec", "name", name="uq_pool_images_spec_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[str] = mapped_column(String(64))
+    #: relative to ``datasets/<spec>/``, e.g. ``images/<sha>.jpg``, ``images/<sha>_p0.png``
+    name: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class TrainingRun(Base):
     __tablename__ = "training_runs"
 

@@ -8,10 +8,45 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from labelloop.config import DatabaseSettings
+from labelloop.config import DatabaseSettings, redact_url
+
+
+class DatabaseUnreachable(OperationalError):
+    """The curation database could not be reached: names the URL (password masked) and the step.
+
+    A subclass of SQLAlchemy's ``OperationalError``, so whatever handles that still does; only the
+    message differs: the driver's own ("connection refused") names neither the server nor what
+    was being done.
+    """
+
+    def __init__(self, url: str, step: str, orig: BaseException) -> None:
+        super().__init__(None, None, orig)  # type: ignore[arg-type]
+        self.url = url
+        self.step = step
+
+    def __str__(self) -> str:
+        return f"curation database {self.url} unreachable (step: {self.step}): {type(self.orig).__name__}: {self.orig}"
+
+
+def _name_the_database(engine: Engine, url: str) -> None:
+    """Turn connection failures (connecting, or a connection lost mid-statement) into
+    :class:`DatabaseUnreachable`; every other error (constraints, SQL) passes through as it is."""
+
+    def handle(ctx: ExceptionContext) -> None:
+        if ctx.is_pre_ping or ctx.original_exception is None:
+            return
+        connecting = ctx.connection is None or ctx.statement is None
+        if not (connecting or ctx.is_disconnect):
+            return
+        sql = " ".join((ctx.statement or "").split())[:60]
+        step = "connect" if connecting else f"query {sql}"
+        raise DatabaseUnreachable(url, step, ctx.original_exception)
+
+    event.listen(engine, "handle_error", handle)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -33,7 +68,7 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def make_engine(settings: DatabaseSettings) -> Engine:
-    url = make_url(settings.url)
+    url = make_url(settings.url_value)
     kwargs: dict[str, Any] = {"echo": settings.echo, "future": True}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -41,11 +76,14 @@ def make_engine(settings: DatabaseSettings) -> Engine:
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        _name_the_database(engine, redact_url(settings.url_value))
         return engine
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
         # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
         url = url.set(drivername="postgresql+psycopg")
-    return create_engine(url, pool_size=settings.pool_size, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_size=settings.pool_size, pool_pre_ping=True, **kwargs)
+    _name_the_database(engine, redact_url(settings.url_value))
+    return engine
 
 
 class Database:

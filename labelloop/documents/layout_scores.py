@@ -14,7 +14,8 @@ functions of the installed package:
   caller inside :func:`capture`.
 
 Both wrappers pass results through unchanged otherwise. If the package layout ever changes,
-:func:`install` returns False and the backend falls back to score 1.0 (saying so in its detail).
+:func:`install` returns False and the backend scores every text-layer block 0, i.e. review
+(saying so in its detail).
 """
 
 from __future__ import annotations

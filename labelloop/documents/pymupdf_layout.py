@@ -7,8 +7,12 @@ characters are scans: they are rendered and read by RapidOCR, whose line scores 
 scores. pymupdf4llm's own OCR path is switched off, because it discards the recognition scores.
 
 Block scores: the layout model's region score where it gives one (see
-:mod:`labelloop.documents.layout_scores`), else 1.0 for text-layer content; OCR blocks take the
-minimum of their lines' scores.
+:mod:`labelloop.documents.layout_scores`); OCR blocks take the minimum of their lines' scores. A
+text-layer block the layout model could not score (no region matched it, or the score hook could
+not be installed) gets :data:`UNSCORED_BLOCK_SCORE`, 0: the characters come from the text layer,
+but its type and box are a model's decision with no evidence behind it, so it goes to review
+(MinerU does the same, ``mineru_parse.UNSCORED_BLOCK_SCORE``). The detail counts such blocks per
+page (``unscored_blocks``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from labelloop.documents.record import Block, make_block
 from labelloop.documents.render import PYMUPDF_LOCK, PageGeometry
 from labelloop.documents.text import join_fragments, markdown_table_to_html, rows_to_html
 
+#: the score of a block nothing scored: unknown is review, never 1.0
+UNSCORED_BLOCK_SCORE = 0.0
 #: pymupdf-layout region classes -> record block types (headings of any level are "title", as
 #: in MinerU; running headers and footers are "discarded")
 CLASS_MAP: dict[str, str] = {
@@ -90,7 +96,9 @@ class PyMuPDFLayoutAnalyzer:
             for g, n in zip(geoms, chars, strict=True)
         ]
         if text_pages:
-            self._text_layer_pages(doc, geoms, text_pages, blocks, page_md)
+            unscored = self._text_layer_pages(doc, geoms, text_pages, blocks, page_md)
+            for n in text_pages:
+                pages_detail[n]["unscored_blocks"] = unscored.get(n, 0)
         for g in geoms:
             if g.page in text_pages:
                 continue
@@ -120,7 +128,8 @@ class PyMuPDFLayoutAnalyzer:
         pages: list[int],
         blocks: list[list[Block]],
         page_md: list[str],
-    ) -> None:
+    ) -> dict[int, int]:
+        """Fill the text-layer pages; returns the number of unscored blocks per page."""
         from pymupdf4llm.helpers.document_layout import parse_document
         from pymupdf4llm.ocr import OCRMode
 
@@ -133,13 +142,15 @@ class PyMuPDFLayoutAnalyzer:
                 force_text=True,
             )
             chunks = parsed.to_markdown(header=False, footer=False, page_chunks=True)
+        unscored: dict[int, int] = {}
         for layout, chunk in zip(parsed.pages, chunks, strict=True):
             n = layout.page_number - 1  # pymupdf4llm counts pages from 1
             geom = geoms[n]
             page_regions = regions.get(n, [])
             for box in layout.boxes:
-                blocks[n].extend(self._convert_box(doc[n], box, geom, page_regions))
+                blocks[n].extend(self._convert_box(doc[n], box, geom, page_regions, unscored))
             page_md[n] = chunk["text"]
+        return unscored
 
     def _convert_box(
         self,
@@ -147,11 +158,14 @@ class PyMuPDFLayoutAnalyzer:
         box: Any,
         geom: PageGeometry,
         regions: list[layout_scores.RawRegion],
+        unscored: dict[int, int],
     ) -> list[Block]:
         type_ = CLASS_MAP.get(box.boxclass, "text")
         bbox_pt = (box.x0, box.y0, box.x1, box.y1)
         score = layout_scores.match_score(bbox_pt, regions)
-        score = 1.0 if score is None else score
+        if score is None:
+            score = UNSCORED_BLOCK_SCORE
+            unscored[geom.page] = unscored.get(geom.page, 0) + 1
 
         def block(bbox: tuple[float, ...], content: str, source: str = "text_layer") -> Block:
             return make_block(

@@ -1,8 +1,11 @@
-"""Write one dataset version's files: images, annotation files per format and split, provenance.
+"""Write one dataset version's files: annotation files per format and split, provenance, and the
+images (in the spec's pool, see :mod:`labelloop.export.images`).
 
-Records stream from the DB in batches. A batch's images are copied on a thread pool while the
-previous batch is turned into samples (I/O and CPU overlap); every record becomes samples, every
-sample an entry per format, and every entry passes the export checker before it is written.
+Members stream from the DB in batches (:class:`labelloop.export.plan.MemberStream`). A batch's
+images are resolved against the pool (one query) and the new ones stored on a thread pool while
+the previous batch is turned into samples (I/O and CPU overlap); every record becomes samples,
+every sample an entry per format, and every entry passes the export checker before it is written.
+Nothing is kept per record beyond the current batches, so memory is flat in the version's size.
 Problems are collected, not raised, so one run reports every broken record; the caller refuses
 to publish when there are any.
 """
@@ -10,20 +13,18 @@ to publish when there are any.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from labelloop.config import Settings
-from labelloop.db import Database, Item, Record
+from labelloop.db import Database
 from labelloop.documents.record import page_image_key
 from labelloop.export.answers import AnswerError
 from labelloop.export.card import CardStats
 from labelloop.export.checker import ExportChecker, Problem
+from labelloop.export.documents import page_provenance, record_pages
 from labelloop.export.formats import (
     ENTRY_BUILDERS,
     LLAMAFACTORY_INFO,
@@ -31,15 +32,25 @@ from labelloop.export.formats import (
     file_name,
     llamafactory_dataset_info,
 )
-from labelloop.export.images import CopiedImage, ImageCopier, ImageJob, image_name, page_image_name, video_name
-from labelloop.export.plan import ExportError, Member, export_formats
+from labelloop.export.images import (
+    ImageJob,
+    ImagePool,
+    PoolBatch,
+    PooledImage,
+    image_name,
+    page_image_name,
+    video_name,
+)
+from labelloop.export.plan import Member, export_formats
 from labelloop.export.samples import Sample, build_samples
 from labelloop.export.version import PROVENANCE
 from labelloop.export.writers import JsonlWriter, open_writer
 from labelloop.specs import TaskSpec
-from labelloop.validation import record_hash
 
 BATCH = 256
+#: problems kept in full (all are counted): a version with 100k broken records must not hold
+#: 100k messages in memory to say so
+MAX_PROBLEMS = 1000
 #: an image job and the size (w, h) its boxes refer to; None takes the file's own size
 Job = tuple[ImageJob, tuple[int, int] | None]
 
@@ -50,36 +61,19 @@ class Built:
 
     files: dict[str, Path | bytes] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    n_problems: int = 0
     samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
 
-
-def member_rows(db: Database, spec: str, members: dict[int, Member]) -> Iterator[Any]:
-    item_cols: list[Any] = [
-        Item.sha256,
-        Item.ext,
-        Item.storage_key,
-        Item.width,
-        Item.height,
-        Item.exif_orientation,
-        Item.meta,
-    ]
-    rec_cols: list[Any] = [Record.provenance, Record.model, Record.model_version, Record.annotator]
-    stmt = (
-        select(Record.id, *item_cols, *rec_cols, Record.confidence, Record.record)
-        .join(Item, Item.id == Record.item_id)
-        .where(Record.spec == spec)
-        .order_by(Record.id)
-        .execution_options(yield_per=2000)
-    )
-    with db.session() as s:
-        for row in s.execute(stmt):
-            if row.id in members:
-                yield row
+    def add_problems(self, problems: Iterable[Problem]) -> None:
+        for p in problems:
+            self.n_problems += 1
+            if len(self.problems) < MAX_PROBLEMS:
+                self.problems.append(p)
 
 
 def image_jobs(spec: TaskSpec, row: Any) -> list[Job]:
-    """Image copy jobs of one record (documents: one per page)."""
+    """Pool jobs of one record's images (documents: one per page)."""
     if spec.media == "document":
         out: list[Job] = []
         for p, page in enumerate(row.record.get("pages") or []):
@@ -88,30 +82,28 @@ def image_jobs(spec: TaskSpec, row: Any) -> list[Job]:
         return out
     size = (row.width, row.height) if row.width and row.height else None
     if spec.media == "video":
-        return [(ImageJob(row.storage_key, video_name(row.sha256, row.ext), media="video"), size)]
-    return [
-        (
-            ImageJob(
-                row.storage_key,
-                image_name(row.sha256, row.ext, row.exif_orientation),
-                row.exif_orientation,
-            ),
-            size,
-        )
-    ]
+        job = ImageJob(row.storage_key, video_name(row.sha256, row.ext), media="video", expect_sha256=row.sha256)
+        return [(job, size)]
+    job = ImageJob(
+        row.storage_key,
+        image_name(row.sha256, row.ext, row.exif_orientation),
+        row.exif_orientation,
+        expect_sha256=row.sha256,
+    )
+    return [(job, size)]
 
 
 @dataclass
 class _Pending:
-    """A batch of records whose image copies are in flight."""
+    """A batch of records whose images are being put into the pool."""
 
-    rows: list[Any]
+    rows: list[tuple[Any, Member]]
     jobs: list[list[Job]]
-    futures: list[Future[CopiedImage]]
+    images: PoolBatch
 
 
-def _batches(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
+def _batches(rows: Iterable[tuple[Any, Member]], size: int) -> Iterator[list[tuple[Any, Member]]]:
+    batch: list[tuple[Any, Member]] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= size:
@@ -122,23 +114,23 @@ def _batches(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 class VersionBuilder:
-    """Builds the files of one version into ``tmp`` (annotations) and the store (images)."""
+    """Builds the files of one version into ``tmp`` (annotations) and the pool (images)."""
 
     def __init__(
         self,
         spec: TaskSpec,
         settings: Settings,
-        copier: ImageCopier,
+        pool: ImagePool,
         tmp: Path,
         *,
-        members: dict[int, Member],
+        db: Database,
         validation_run_id: int,
         stats: CardStats,
     ) -> None:
         self.spec = spec
         self.settings = settings
-        self.copier = copier
-        self.members = members
+        self.pool = pool
+        self.db = db
         self.run_id = validation_run_id
         self.stats = stats
         self.formats = export_formats(settings)
@@ -146,14 +138,15 @@ class VersionBuilder:
         self.provenance = JsonlWriter(tmp / PROVENANCE)
         self.checker = ExportChecker(spec)
         self.out = Built()
+        self._pages: dict[int, dict[int, dict[str, Any]]] = {}
 
-    def run(self, rows: Iterator[Any], dataset_name: str) -> Built:
+    def run(self, members: Iterable[tuple[Any, Member]], dataset_name: str) -> Built:
         pending: _Pending | None = None
         try:
-            for batch in _batches(rows, BATCH):
-                # start this batch's image copies, then finish the previous batch meanwhile
-                jobs = [image_jobs(self.spec, row) for row in batch]
-                started = _Pending(batch, jobs, self.copier.submit(job for js in jobs for job, _ in js))
+            for batch in _batches(members, BATCH):
+                # start this batch's pool work, then finish the previous batch meanwhile
+                jobs = [image_jobs(self.spec, row) for row, _ in batch]
+                started = _Pending(batch, jobs, self.pool.submit(job for js in jobs for job, _ in js))
                 if pending is not None:
                     self._finish(pending)
                 pending = started
@@ -172,25 +165,19 @@ class VersionBuilder:
         return self.out
 
     def _finish(self, pending: _Pending) -> None:
-        done = self.copier.collect(pending.futures)
-        for row, js in zip(pending.rows, pending.jobs, strict=True):
-            self._record(row, js, done)
+        done = self.pool.collect(pending.images)
+        if self.spec.media == "document":
+            self._pages = page_provenance(self.db, (row.prediction_id for row, _ in pending.rows))
+        for (row, member), js in zip(pending.rows, pending.jobs, strict=True):
+            self._record(row, member, js, done)
 
-    def _images(
-        self,
-        row: Any,
-        jobs: list[Job],
-        done: dict[str, CopiedImage],
-    ) -> list[tuple[str, int, int]] | None:
-        """(name, width, height) per image, or None after reporting why the images are unusable."""
+    def _images(self, row: Any, jobs: list[Job], done: dict[str, PooledImage]) -> list[tuple[str, int, int]] | None:
+        """(ref, width, height) per image, or None after reporting why the images are unusable."""
         images: list[tuple[str, int, int]] = []
         problems: list[Problem] = []
         for page, (job, size) in enumerate(jobs):
             page_no = page if self.spec.media == "document" else None
-            res = done.get(job.name) or CopiedImage(job.name, error="image was not copied")
-            if job.name not in done and job.name in self.copier.written and size is not None:
-                images.append((job.name, *size))  # shared with an earlier record: already checked
-                continue
+            res = done.get(job.name) or PooledImage(job.name, error="image was not stored")
             if res.error or res.width is None or res.height is None:
                 problems.append(Problem(row.id, page_no, "images", res.error or "image size unknown"))
                 continue
@@ -199,14 +186,12 @@ class VersionBuilder:
                 msg = f"{job.name} is {got}, the record's boxes refer to {want}"
                 problems.append(Problem(row.id, page_no, "images", msg))
             w, h = size or (res.width, res.height)
-            images.append((job.name, w, h))
-        self.out.problems += problems
+            images.append((res.ref, w, h))
+        self.out.add_problems(problems)
         return None if problems else images
 
-    def _record(self, row: Any, jobs: list[Job], done: dict[str, CopiedImage]) -> None:
-        member = self.members[row.id]
-        if record_hash(row.record) != member.record_hash:
-            raise ExportError(f"record {row.id} changed during the export; run the export again")
+    def _record(self, row: Any, member: Member, jobs: list[Job], done: dict[str, PooledImage]) -> None:
+        # MemberStream(full=True) has checked the record's JSON against the validated hash
         images = self._images(row, jobs, done)
         if images is None:
             return
@@ -220,27 +205,30 @@ class VersionBuilder:
                 export=self.settings.export,
             )
         except (AnswerError, KeyError, TypeError, ValueError) as e:
-            self.out.problems.append(Problem(row.id, None, "samples", f"{type(e).__name__}: {e}"))
+            self.out.add_problems([Problem(row.id, None, "samples", f"{type(e).__name__}: {e}")])
             return
+        present = frozenset(ref for ref, _, _ in images)
         for sample in samples:
-            self._write(sample, member.split)
+            self._write(sample, member.split, present)
         self.out.records[member.split] += 1
         self.out.samples[member.split] += len(samples)
-        self.provenance.write(
-            {
-                "record_id": row.id,
-                "item_sha256": row.sha256,
-                "split": member.split,
-                "provenance": row.provenance,
-                "model": row.model,
-                "model_version": row.model_version,
-                "annotator": row.annotator,
-                "confidence": row.confidence,
-                "record_hash": member.record_hash,
-                "validation_run_id": self.run_id,
-                "samples": len(samples),
-            }
-        )
+        line: dict[str, Any] = {
+            "record_id": row.id,
+            "item_sha256": row.sha256,
+            "split": member.split,
+            "provenance": row.provenance,
+            "model": row.model,
+            "model_version": row.model_version,
+            "annotator": row.annotator,
+            "confidence": row.confidence,
+            "record_hash": member.record_hash,
+            "validation_run_id": self.run_id,
+            "samples": len(samples),
+        }
+        if self.spec.media == "document":
+            routed = self._pages.get(row.prediction_id, {}) if row.prediction_id is not None else {}
+            line["pages"] = record_pages(len(jobs), routed, row.provenance, row.annotator)
+        self.provenance.write(line)
         self.stats.add(
             split=member.split,
             provenance=row.provenance,
@@ -251,19 +239,21 @@ class VersionBuilder:
             record=row.record,
             n_samples=len(samples),
             duration_s=(row.meta or {}).get("duration_s") if self.spec.media == "video" else None,
+            pages=line.get("pages"),
         )
 
-    def _write(self, sample: Sample, split: str) -> None:
-        present = self.copier.written.keys()
+    def _write(self, sample: Sample, split: str, present: frozenset[str]) -> None:
         for fmt in self.formats:
             entry = ENTRY_BUILDERS[fmt](sample)
-            self.out.problems += self.checker.check(
-                fmt,
-                entry,
-                record_id=sample.record_id,
-                page=sample.page,
-                images_present=present,
-                bounds=sample.frame.bounds,
-                original=sample.frame.original,
+            self.out.add_problems(
+                self.checker.check(
+                    fmt,
+                    entry,
+                    record_id=sample.record_id,
+                    page=sample.page,
+                    images_present=present,
+                    bounds=sample.frame.bounds,
+                    original=sample.frame.original,
+                )
             )
             self.writers[(fmt, split)].write(entry)

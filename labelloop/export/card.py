@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import statistics
+from array import array
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -30,7 +31,11 @@ class CardStats:
         self.split_records: Counter[str] = Counter()
         self.split_samples: Counter[str] = Counter()
         self.distributions: dict[str, Counter[str]] = defaultdict(Counter)
-        self.confidence: dict[str, list[float]] = defaultdict(list)
+        #: typed arrays (8 bytes a value): 100k records must not cost 100k float objects
+        self.confidence: dict[str, array[float]] = defaultdict(lambda: array("d"))
+        #: documents: pages by provenance, and pages accepted under an uncalibrated threshold
+        self.page_provenance: Counter[str] = Counter()
+        self.uncalibrated_pages = 0
         #: videos: seconds per record, and per event (end - start)
         self.durations: list[float] = []
         self.event_durations: list[float] = []
@@ -48,6 +53,7 @@ class CardStats:
         record: dict[str, Any],
         n_samples: int,
         duration_s: float | None = None,
+        pages: list[dict[str, Any]] | None = None,
     ) -> None:
         self.provenance[provenance] += 1
         self.model_versions[f"{model or '?'} {model_version or ''}".strip()] += 1
@@ -59,6 +65,9 @@ class CardStats:
             self.confidence[provenance].append(float(confidence))
         if duration_s is not None:
             self.durations.append(float(duration_s))
+        for page in pages or []:
+            self.page_provenance[str(page.get("provenance"))] += 1
+            self.uncalibrated_pages += bool(page.get("uncalibrated"))
         for name, f in self.spec.fields.items():
             value = record.get(name)
             if f.kind == "choice" and value is not None:
@@ -99,13 +108,13 @@ def bar_plot(title: str, counts: Counter[str]) -> bytes:
     return _png(fig)
 
 
-def confidence_plot(confidence: dict[str, list[float]]) -> bytes:
+def confidence_plot(confidence: dict[str, array[float]]) -> bytes:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.5))
     ax = fig.subplots()
     provs = sorted(confidence)
-    ax.hist([confidence[p] for p in provs], bins=20, range=(0.0, 1.0), stacked=True, label=provs)
+    ax.hist([list(confidence[p]) for p in provs], bins=20, range=(0.0, 1.0), stacked=True, label=provs)
     ax.set_title("record confidence (min over fields) by provenance")
     ax.set_xlabel("confidence")
     ax.set_ylabel("records")
@@ -125,8 +134,37 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     return "\n".join(lines)
 
 
-def render_card(stats: CardStats, meta: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
-    """(README.md text, {"card/<name>.png": bytes}); ``meta`` is the manifest without files."""
+def waiting_section(n_waiting: int, waiting: list[dict[str, Any]]) -> list[str]:
+    """The card's list of documents left out because some of their pages are not final yet."""
+    out = ["", "## Documents still waiting", ""]
+    if not n_waiting:
+        return [*out, "None: every document with a record has all its pages final."]
+    out.append(
+        f"{n_waiting} document(s) are not in this version: some of their pages are not reviewed yet "
+        "(a document enters a version only when every page is final)."
+    )
+    out.append("")
+    rows = [
+        (
+            w["record_id"],
+            f"`{str(w['item_sha256'])[:16]}`",
+            w.get("source") or "",
+            ", ".join(str(p) for p in w["final_pages"]) or "none",
+            ", ".join(f"{p} ({st})" for p, st in w["waiting_pages"].items()) or "?",
+        )
+        for w in waiting
+    ]
+    out.append(_table(("record", "item", "source", "final pages", "waiting pages (status)"), rows))
+    if n_waiting > len(waiting):
+        out += ["", f"... and {n_waiting - len(waiting)} more (`labelloop status`)."]
+    return out
+
+
+def render_card(
+    stats: CardStats, meta: dict[str, Any], *, waiting: list[dict[str, Any]] | None = None
+) -> tuple[str, dict[str, bytes]]:
+    """(README.md text, {"card/<name>.png": bytes}); ``meta`` is the manifest without files,
+    ``waiting`` the documents still partly reviewed (documents only)."""
     spec = stats.spec
     n = stats.n_records or 1
     plots: dict[str, bytes] = {}
@@ -148,7 +186,14 @@ def render_card(stats: CardStats, meta: dict[str, Any]) -> tuple[str, dict[str, 
             + [("total", counts["records"], counts["samples"])],
         ),
         "",
-        f"{counts['images']} {'videos' if spec.media == 'video' else 'images'}. Split by item (salted sha256), "
+        f"{counts['images']} {'videos' if spec.media == 'video' else 'images'}"
+        + (
+            ", referenced in the spec's image pool (`../images/`, shared by every version; "
+            f"{counts.get('images_stored', 0)} new in this version)"
+            if meta.get("image_layout", "pool") == "pool"
+            else " in this folder's `images/`"
+        )
+        + ". Split by item (salted sha256), "
         "validation share "
         f"{meta['val_fraction']:.0%}; all pages of a document stay in one split.",
         "",
@@ -166,6 +211,22 @@ def render_card(stats: CardStats, meta: dict[str, Any]) -> tuple[str, dict[str, 
         "",
         f"{len(stats.annotators)} distinct annotator(s).",
     ]
+    if stats.page_provenance:
+        n_pages = sum(stats.page_provenance.values()) or 1
+        out += [
+            "",
+            "Per page (documents are reviewed a page at a time; `provenance.jsonl` has each page's "
+            "provenance, annotator and annotation):",
+            "",
+            _table(
+                ("page provenance", "pages", "share"),
+                [(p, c, f"{c / n_pages:.1%}") for p, c in sorted(stats.page_provenance.items())],
+            ),
+        ]
+        if stats.uncalibrated_pages:
+            out += ["", f"{stats.uncalibrated_pages} page(s) auto-accepted under an uncalibrated manual threshold."]
+    if spec.media == "document":
+        out += waiting_section(int(counts.get("documents_waiting", 0)), waiting or [])
     if stats.distributions:
         out += ["", "## Label distributions"]
         for title, counter in sorted(stats.distributions.items()):
@@ -213,15 +274,26 @@ def render_card(stats: CardStats, meta: dict[str, Any]) -> tuple[str, dict[str, 
         "",
         "## Files and how to train",
         "",
+        "Image paths in every annotation file are relative to this folder"
+        + (
+            ": `../images/<sha256>.<ext>`, the spec's image pool beside the versions (written once per "
+            "image, never changed, shared by every version). Keep this folder inside its spec folder, "
+            "or copy it with `labelloop` (materialize), which brings the pool along."
+            if meta.get("image_layout", "pool") == "pool"
+            else ": `images/<sha256>.<ext>` in this folder (hard links or server-side copies of the pool)."
+        ),
+        "",
         "- `qwen_train.json`, `qwen_val.json`: qwen-vl-finetune (`image` + `conversations`). Register "
         '`{"annotation_path": "<this folder>/qwen_train.json", "data_path": "<this folder>"}` in '
-        "`qwenvl/data/__init__.py` (`data_dict`), or let labelloop's training DAG do it.",
+        "`qwenvl/data/__init__.py` (`data_dict`), or let labelloop's training DAG do it; the trainer "
+        "joins `data_path` and the image path.",
         "- `llamafactory_train.json`, `llamafactory_val.json`, `dataset_info.json`: LLaMA-Factory "
-        "ShareGPT; use this folder as `dataset_dir`.",
-        "- `swift_train.jsonl`, `swift_val.jsonl`: ms-swift; run from this folder (image paths are "
-        "relative) with `QWENVL_BBOX_FORMAT=new`, which renders `<bbox>` as `[x1, y1, x2, y2]`.",
+        "ShareGPT; use this folder as `dataset_dir` (its default `media_dir`, joined with each path).",
+        "- `swift_train.jsonl`, `swift_val.jsonl`: ms-swift; run from this folder (relative image paths "
+        "resolve against the working directory) with `QWENVL_BBOX_FORMAT=new`, which renders `<bbox>` as "
+        "`[x1, y1, x2, y2]`.",
         "- `provenance.jsonl`: per record: provenance, model version, annotator, confidence, record "
-        "hash, split, validation run.",
+        "hash, split, validation run; documents also per page.",
         "",
         "## Coordinates",
         "",

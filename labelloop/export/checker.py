@@ -14,9 +14,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from labelloop.export.answers import SWIFT_BBOX, SWIFT_REF, substitute_swift
 from labelloop.specs import TaskSpec
 
+#: parses answers (msgspec: several times json's speed, same Python values)
+_loads = msgspec.json.decode
 IMAGE_TOKEN = "<image>"
 MAX_LISTED = 50
 _ROLES = {
@@ -41,15 +45,26 @@ class Problem:
 class ExportCheckError(RuntimeError):
     """The version is broken and was not published; ``problems`` says which records broke it."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], total: int | None = None) -> None:
         self.problems = list(problems)
+        #: every problem counted; ``problems`` keeps the first ones (a bounded list)
+        self.total = max(total or 0, len(self.problems))
         self.record_ids = sorted({p.record_id for p in self.problems})
         listed = "\n".join(f"  {p}" for p in self.problems[:MAX_LISTED])
-        more = len(self.problems) - MAX_LISTED
+        more = self.total - min(len(self.problems), MAX_LISTED)
+        records = f"{len(self.record_ids)} record(s)" + ("" if self.total == len(self.problems) else " or more")
         super().__init__(
-            f"export refused: {len(self.problems)} problem(s) in {len(self.record_ids)} record(s) "
+            f"export refused: {self.total} problem(s) in {records} "
             f"{self.record_ids[:MAX_LISTED]}\n{listed}" + (f"\n  ... and {more} more" if more > 0 else "")
         )
+
+
+def _why(text: str) -> str:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        return str(e)
+    return "rejected by the JSON parser"  # e.g. msgspec refuses what json accepts (NaN)
 
 
 def iter_boxes(obj: Any, keys: frozenset[str]) -> Iterator[Any]:
@@ -88,6 +103,19 @@ class ExportChecker:
         self.video = spec.media == "video"
         self.token = "<video>" if self.video else IMAGE_TOKEN
         self._last: tuple[Any, list[str]] = (None, [])
+        media = "video" if self.video else "image"
+        #: per format: turns key, role key, text key, (user, assistant), media key, allowed keys
+        self._layout = {
+            fmt: (
+                t,
+                r,
+                x,
+                roles,
+                media + ("" if fmt == "qwen" else "s"),
+                frozenset({t, media + ("" if fmt == "qwen" else "s")} | ({"objects"} if fmt == "swift" else set())),
+            )
+            for fmt, (t, r, x, roles) in _ROLES.items()
+        }
 
     def check(
         self,
@@ -111,12 +139,10 @@ class ExportChecker:
         bounds: tuple[int, int],
         original: tuple[int, int],
     ) -> list[str]:
-        turns_key, role_key, text_key, (user, assistant) = _ROLES[fmt]
-        image_key = ("video" if self.video else "image") + ("" if fmt == "qwen" else "s")
+        turns_key, role_key, text_key, (user, assistant), image_key, allowed = self._layout[fmt]
         token = self.token
-        allowed = {turns_key, image_key} | ({"objects"} if fmt == "swift" else set())
         out: list[str] = []
-        if not set(entry) <= allowed or turns_key not in entry:
+        if not allowed.issuperset(entry) or turns_key not in entry:
             out.append(f"keys {sorted(entry)} are not {sorted(allowed)}")
             return out
         images = entry.get(image_key)
@@ -170,9 +196,9 @@ class ExportChecker:
 
     def _answer_problems(self, text: str, bounds: tuple[int, int]) -> list[str]:
         try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as e:
-            return [f"answer is not valid JSON: {e}"]
+            parsed = _loads(text)
+        except ValueError:  # msgspec is fast but terse: say why in json's words
+            return [f"answer is not valid JSON: {_why(text)}"]
         return [msg for box in iter_boxes(parsed, self.box_keys) if (msg := box_problem(box, *bounds))]
 
     def _check_swift(self, entry: dict[str, Any], answers: list[str], original: tuple[int, int]) -> list[str]:
@@ -194,7 +220,7 @@ class ExportChecker:
             for answer in answers:
                 filled = substitute_swift(answer, objects)
                 try:
-                    json.loads(filled)
-                except json.JSONDecodeError as e:
-                    out.append(f"answer is not valid JSON once ms-swift fills it in: {e}")
+                    _loads(filled)
+                except ValueError:
+                    out.append(f"answer is not valid JSON once ms-swift fills it in: {_why(filled)}")
         return out

@@ -1,45 +1,81 @@
-"""Copy the items' images into a dataset version, in trainer-ready form.
+"""The images of a dataset version: a per-spec content-addressed pool the versions point into.
 
-A version is self-contained: its ``images/`` holds copies named by the item's sha256
-(documents: the rendered page ``pages/<sha>/<n>.png`` as ``images/<sha>_p<n>.png``). Boxes are
-stored in pixels *after* EXIF orientation, but trainers differ in whether they apply it (older
-qwen-vl-finetune opens files with PIL and does not), so an image with an EXIF orientation other
-than 1 is written with the rotation baked in (PNG, lossless): every trainer then sees the pixel
-grid the boxes refer to. Copies run on a thread pool: object stores are I/O-bound (fsync, HTTP).
+Every image a version uses lives once in ``datasets/<spec>/images/`` (videos in ``videos/``),
+named by the item's sha256: ``<sha>.<ext>`` for the file as ingested, ``<sha>.png`` when an EXIF
+orientation is baked in, ``<sha>_p<n>.png`` for a document's rendered page. A pool file is written
+once and never changed; the ``pool_images`` table remembers its sha256, size and pixel size, so a
+new version with one changed record stores one image, not 100,000 (``export.image_layout = "pool"``,
+the default; annotation files then name ``../images/<sha>.<ext>``, which resolves from the version
+folder the trainers are pointed at).
+
+``export.image_layout = "self_contained"`` also gives each version its own ``images/`` folder, made
+without copying bytes through this process: hard links on a local store, server-side copies
+(``CopyObject``) on S3; the annotation files then name ``images/<sha>.<ext>``.
+
+Boxes are stored in pixels *after* EXIF orientation, but trainers differ in whether they apply it
+(older qwen-vl-finetune opens files with PIL and does not), so an image with an EXIF orientation
+other than 1 goes into the pool with the rotation baked in (PNG, lossless): every trainer then sees
+the pixel grid the boxes refer to. New pool entries are made on a thread pool (object stores are
+I/O-bound: fsync, HTTP); entries already in the pool cost one indexed query per batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+import posixpath
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
 
 from PIL import Image
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
+from labelloop.db import Database, PoolImage
 from labelloop.prelabel.qwen_resize import load_oriented
 from labelloop.storage import ObjectStore
+
+Layout = Literal["pool", "self_contained"]
 
 
 @dataclass(frozen=True)
 class ImageJob:
     src_key: str
+    #: the pool name, relative to ``datasets/<spec>/`` (``images/<sha>.<ext>``)
     name: str
-    #: EXIF orientation to bake in; None or 1 copies the bytes unchanged
+    #: EXIF orientation to bake in; None or 1 keeps the bytes unchanged
     orientation: int | None = None
-    #: "video": copied as is, its size read with PyAV (display size, after rotation)
+    #: "video": kept as is, its size read with PyAV (display size, after rotation)
     media: str = "image"
+    #: sha256 the source bytes must have (the item's, for files kept as ingested)
+    expect_sha256: str | None = None
 
 
 @dataclass(frozen=True)
-class CopiedImage:
+class PooledImage:
     name: str
+    #: how the version's annotation files and manifest name it (``../images/...`` or ``images/...``)
+    ref: str = ""
     sha256: str = ""
     size: int = 0
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    #: bytes this export stored for it (0 when the pool had it already, or for a hard link)
+    written: int = 0
+    #: made by this export (to be indexed)
+    new: bool = False
+
+
+@dataclass
+class PoolBatch:
+    """One batch's images: those the pool already had, and the work still running."""
+
+    ready: dict[str, PooledImage] = field(default_factory=dict)
+    futures: list[Future[PooledImage]] = field(default_factory=list)
 
 
 def image_name(item_sha: str, ext: str, orientation: int | None) -> str:
@@ -54,6 +90,10 @@ def video_name(item_sha: str, ext: str) -> str:
     return f"videos/{item_sha}.{ext.lower().lstrip('.') or 'mp4'}"
 
 
+def page_image_name(item_sha: str, page: int) -> str:
+    return f"images/{item_sha}_p{page}.png"
+
+
 def video_size(data: bytes) -> tuple[int, int]:
     """Display size of a video's first frame (after its rotation), as the probe computed it."""
     import av
@@ -66,58 +106,157 @@ def video_size(data: bytes) -> tuple[int, int]:
         return (h, w) if normalise_rotation(getattr(frame, "rotation", 0)) in (90, 270) else (w, h)
 
 
-def page_image_name(item_sha: str, page: int) -> str:
-    return f"images/{item_sha}_p{page}.png"
+def spec_prefix(spec: str) -> str:
+    return f"datasets/{spec}"
 
 
-class ImageCopier:
-    """Copies images into ``prefix/`` once each; remembers (sha256, size) for the manifest."""
+def pool_key(spec: str, name: str) -> str:
+    return f"{spec_prefix(spec)}/{name}"
 
-    def __init__(self, store: ObjectStore, prefix: str, threads: int = 16) -> None:
+
+def image_ref(name: str, layout: Layout) -> str:
+    """The path a version's files use for a pool image, relative to the version folder."""
+    return f"../{name}" if layout == "pool" else name
+
+
+def resolve_ref(prefix: str, ref: str) -> str:
+    """Object key of a manifest entry (``../images/x`` resolves into the spec's pool).
+
+    Raises ValueError for a name that would leave the spec folder (a forged manifest).
+    """
+    prefix = prefix.rstrip("/")
+    key = posixpath.normpath(f"{prefix}/{ref}")
+    spec_dir = posixpath.dirname(prefix)
+    if not key.startswith(spec_dir + "/") or key.startswith(prefix + "/..") or ".." in key.split("/"):
+        raise ValueError(f"manifest entry {ref!r} points outside {spec_dir}/")
+    return key
+
+
+class ImagePool:
+    """Puts a version's images into the spec's pool (once each) and lists them for the manifest.
+
+    Usage per batch: :meth:`submit` the batch's jobs (new pool entries start on the thread pool),
+    then :meth:`collect` them. Manifest entries (ref, sha256, size) stream into a temporary file
+    (:meth:`entries`), so memory does not grow with the number of images.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        db: Database,
+        spec: str,
+        version_prefix: str,
+        entries_path: Path,
+        *,
+        layout: Layout = "pool",
+        threads: int = 16,
+    ) -> None:
         self.store = store
-        self.prefix = prefix.rstrip("/")
-        #: name -> (sha256, size) of every image written: the manifest's image entries
-        self.written: dict[str, tuple[str, int]] = {}
-        self._submitted: set[str] = set()
+        self.db = db
+        self.spec = spec
+        self.version_prefix = version_prefix.rstrip("/")
+        self.layout: Layout = layout
+        self.entries_path = entries_path
+        self._entries: IO[str] = entries_path.open("w", encoding="utf-8")
+        #: images listed in the manifest, and bytes of image data this export stored
+        self.count = 0
+        self.bytes_written = 0
+        self.created = 0
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="labelloop-export")
 
-    def __enter__(self) -> ImageCopier:
+    def __enter__(self) -> ImagePool:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if not self._entries.closed:
+            self._entries.close()
 
-    def submit(self, jobs: Iterable[ImageJob]) -> list[Future[CopiedImage]]:
-        """Start copying the jobs not started before; collect them with :meth:`collect`.
+    # ------------------------------------------------------------------ per batch
 
-        Submitting the next batch before processing the current one keeps the pool busy with
-        I/O while the caller builds samples (the two overlap instead of alternating).
-        """
-        futures = []
+    def _known(self, names: list[str]) -> dict[str, Any]:
+        """Index rows (name, sha256, size, width, height) of these names (Core rows: no ORM objects)."""
+        if not names:
+            return {}
+        cols = (PoolImage.name, PoolImage.sha256, PoolImage.size, PoolImage.width, PoolImage.height)
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(*cols).where(PoolImage.spec == self.spec, PoolImage.name.in_(names)))
+            return {r.name: r for r in rows}
+
+    def submit(self, jobs: Iterable[ImageJob]) -> PoolBatch:
+        """Start the batch: pool entries that exist resolve at once (one query for the batch);
+        the others, and the self-contained links, run on the thread pool."""
+        unique: dict[str, ImageJob] = {}
         for job in jobs:
-            if job.name not in self._submitted:
-                self._submitted.add(job.name)
-                futures.append(self._pool.submit(self._copy, job))
-        return futures
+            unique.setdefault(job.name, job)
+        known = self._known(list(unique))
+        batch = PoolBatch()
+        for name, job in unique.items():
+            row = known.get(name)
+            if row is None:
+                batch.futures.append(self._pool.submit(self._create, job))
+                continue
+            img = PooledImage(name, image_ref(name, self.layout), row.sha256, row.size, row.width, row.height)
+            if self.layout == "self_contained":
+                batch.futures.append(self._pool.submit(self._link, img))
+            else:
+                batch.ready[name] = img
+        return batch
 
-    def collect(self, futures: Iterable[Future[CopiedImage]]) -> dict[str, CopiedImage]:
-        """Wait for the copies; their results by name (``written`` gains the successful ones)."""
-        out = {}
-        for fut in futures:
+    def collect(self, batch: PoolBatch) -> dict[str, PooledImage]:
+        """Wait for the batch; index its new pool entries and list its images for the manifest."""
+        out: dict[str, PooledImage] = dict(batch.ready)
+        new: list[PooledImage] = []
+        for fut in batch.futures:
             res = fut.result()
             out[res.name] = res
+            if res.error is None and res.new:
+                new.append(res)
+        if new:
+            out.update(self._index(new))
+        for res in out.values():
             if res.error is None:
-                self.written[res.name] = (res.sha256, res.size)
+                self._entries.write(f"{res.ref}\t{res.sha256}\t{res.size}\n")
+                self.count += 1
+                self.bytes_written += res.written
         return out
 
-    def copy_many(self, jobs: Iterable[ImageJob]) -> dict[str, CopiedImage]:
-        return self.collect(self.submit(jobs))
+    def _index(self, new: list[PooledImage]) -> dict[str, PooledImage]:
+        """Insert the batch's new pool entries. A concurrent exporter that indexed the same name
+        first wins; ours must then be the same bytes, or the record gets an error."""
+        rows = [_row(self.spec, r) for r in new]
+        try:
+            with self.db.transaction() as s:
+                s.execute(insert(PoolImage), rows)
+            self.created += len(rows)
+            return {}
+        except IntegrityError:
+            pass
+        fixed: dict[str, PooledImage] = {}
+        known = self._known([r.name for r in new])
+        for r in new:
+            row = known.get(r.name)
+            if row is None:
+                with self.db.transaction() as s:
+                    s.execute(insert(PoolImage), [_row(self.spec, r)])
+                self.created += 1
+            elif row.sha256 != r.sha256:
+                fixed[r.name] = PooledImage(
+                    r.name, r.ref, error=f"pool image {r.name} was indexed by another export with other bytes"
+                )
+        return fixed
 
-    def _copy(self, job: ImageJob) -> CopiedImage:
+    # ------------------------------------------------------------------ workers
+
+    def _create(self, job: ImageJob) -> PooledImage:
+        ref = image_ref(job.name, self.layout)
         try:
             data = self.store.get(job.src_key)
         except Exception as e:  # a missing source must be reported per record, not crash the batch
-            return CopiedImage(job.name, error=f"cannot read {job.src_key}: {e}")
+            return PooledImage(job.name, ref, error=f"cannot read {job.src_key}: {e}")
+        if job.expect_sha256 is not None and hashlib.sha256(data).hexdigest() != job.expect_sha256:
+            return PooledImage(job.name, ref, error=f"{job.src_key}: bytes do not match the item's sha256")
+        transformed = False
         try:
             if job.media == "video":
                 width, height = video_size(data)
@@ -129,11 +268,58 @@ class ImageCopier:
                 width, height = img.size
                 buf = io.BytesIO()
                 img.save(buf, format="PNG")
-                data = buf.getvalue()
+                data, transformed = buf.getvalue(), True
         except Exception as e:
             what = "video" if job.media == "video" else "image"
-            return CopiedImage(job.name, error=f"{job.src_key} is not a readable {what}: {e}")
-        info = self.store.put(f"{self.prefix}/{job.name}", data)
+            return PooledImage(job.name, ref, error=f"{job.src_key} is not a readable {what}: {e}")
+        key = pool_key(self.spec, job.name)
+        try:
+            if transformed:
+                info = self.store.put(key, data)
+                written = len(data)
+            else:  # the bytes as stored: a link or server-side copy where the store can
+                info = self.store.copy(job.src_key, key)
+                written = 0 if _same_file(self.store, job.src_key, key) else len(data)
+        except Exception as e:
+            return PooledImage(job.name, ref, error=f"cannot store {key}: {e}")
         if info.size != len(data):
-            return CopiedImage(job.name, error=f"stored {info.size} bytes of {len(data)}")
-        return CopiedImage(job.name, hashlib.sha256(data).hexdigest(), len(data), width, height)
+            return PooledImage(job.name, ref, error=f"{key}: stored {info.size} bytes of {len(data)}")
+        img = PooledImage(
+            job.name, ref, hashlib.sha256(data).hexdigest(), len(data), width, height, written=written, new=True
+        )
+        return self._link(img) if self.layout == "self_contained" else img
+
+    def _link(self, img: PooledImage) -> PooledImage:
+        """The version's own copy of a pool image (self-contained layout): link or server-side copy."""
+        key = f"{self.version_prefix}/{img.name}"
+        try:
+            info = self.store.copy(pool_key(self.spec, img.name), key)
+        except Exception as e:
+            return PooledImage(img.name, img.ref, error=f"cannot place {key}: {e}")
+        if info.size != img.size:
+            return PooledImage(img.name, img.ref, error=f"{key}: {info.size} bytes, the pool says {img.size}")
+        return img
+
+    # ------------------------------------------------------------------ manifest
+
+    def entries(self) -> Iterator[tuple[str, str, int]]:
+        """(ref, sha256, size) of every image listed, in the order they were collected."""
+        if not self._entries.closed:
+            self._entries.close()
+        with self.entries_path.open(encoding="utf-8") as f:
+            for line in f:
+                ref, sha, size = line.rstrip("\n").split("\t")
+                yield ref, sha, int(size)
+
+
+def _row(spec: str, r: PooledImage) -> dict[str, object]:
+    return {"spec": spec, "name": r.name, "sha256": r.sha256, "size": r.size, "width": r.width, "height": r.height}
+
+
+def _same_file(store: ObjectStore, a: str, b: str) -> bool:
+    """Whether two keys are one file (a hard link: no image bytes were written)."""
+    pa, pb = store.local_path(a), store.local_path(b)
+    try:
+        return pa is not None and pb is not None and pa.samefile(pb)
+    except OSError:
+        return False

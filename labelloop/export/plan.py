@@ -1,7 +1,9 @@
 """What an export would contain, decided before any file is written.
 
 Members are the validation run's passing snapshot minus records whose content changed since (they
-wait for the next validation run: nothing unvalidated is ever exported). The content hash covers
+wait for the next validation run: nothing unvalidated is ever exported) and documents still
+partly reviewed. Members are streamed (:class:`MemberStream`), never held: the plan is one pass
+that hashes them, the build a second pass that must arrive at the same hash. The content hash covers
 the members and the export configuration, so re-exporting unchanged records is a no-op and a
 changed record, setting or template is a new version.
 """
@@ -9,6 +11,7 @@ changed record, setting or template is a new version.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ from labelloop.config import Settings
 from labelloop.db import Database, DatasetVersion, Item, Record, ValidationRun
 from labelloop.export.split import split_of
 from labelloop.export.version import FORMAT, read_manifest, version_name, version_number, version_prefix
+from labelloop.review.routing import PROVENANCE_PARTIAL
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore
 from labelloop.validation import canonical_json, record_hash
@@ -55,7 +59,20 @@ def resolve_validation_run(db: Database, spec: str, run_id: int | None) -> Valid
             if run is None:
                 raise ExportError(f"spec {spec} has no finished validation run: validate first")
     if not run.passed_gate:
-        raise ExportError(f"validation run {run.id} of {spec} did not pass its quality gate")
+        from labelloop.validation import gate_message
+
+        st = run.statistics or {}
+        summary = {
+            "spec": spec,
+            "validation_run_id": run.id,
+            "n_failed": run.n_failed,
+            "n_records": run.n_records,
+            "failed_share": st.get("failed_share", run.n_failed / run.n_records if run.n_records else 0.0),
+            "max_failed_share": st.get("max_failed_share", 0.0),
+            "failed_examples": st.get("failed_examples") or [],
+            "report_key": run.report_key or "",
+        }
+        raise ExportError(f"validation run {run.id} of {spec} did not pass its quality gate: {gate_message(summary)}")
     return run
 
 
@@ -73,33 +90,152 @@ def config_blob(spec: TaskSpec, settings: Settings) -> str:
             "coordinates": [e.qwen_coordinate_mode, e.min_pixels, e.max_pixels],
             "val_fraction": e.val_fraction,
             "formats": export_formats(settings),
+            "image_layout": e.image_layout,
         }
     )
 
 
-def plan_members(
-    db: Database, spec: TaskSpec, settings: Settings, passing: dict[int, str]
-) -> tuple[dict[int, Member], str]:
-    """Members (record id -> hash, split) and the content hash of the version they would make."""
-    h = hashlib.sha256(config_blob(spec, settings).encode())
-    members: dict[int, Member] = {}
-    cols: list[Any] = [Record.id, Item.sha256, Record.provenance, Record.model, Record.model_version]
-    stmt = (
-        select(*cols, Record.annotator, Record.record)
+@dataclass
+class Plan:
+    """What a version would hold: its content hash and how many records, decided in one pass."""
+
+    content_hash: str
+    members: int
+    passing: int
+
+    @property
+    def stale(self) -> int:
+        """Passing records left out because their content changed since the validation run."""
+        return self.passing - self.members
+
+
+def _member_stmt(spec: TaskSpec) -> Any:
+    cols: list[Any] = [
+        Record.id,
+        Item.sha256,
+        Item.ext,
+        Item.storage_key,
+        Item.width,
+        Item.height,
+        Item.exif_orientation,
+        Item.meta,
+        Record.provenance,
+        Record.model,
+        Record.model_version,
+        Record.annotator,
+        Record.confidence,
+        Record.prediction_id,
+        Record.content_hash,
+        Record.record,
+    ]
+    return (
+        select(*cols)
         .join(Item, Item.id == Record.item_id)
         # a partly reviewed document waits until every page is final (see review.sync)
-        .where(Record.spec == spec.name, Record.provenance != "partial")
+        .where(Record.spec == spec.name, Record.provenance != PROVENANCE_PARTIAL)
         .order_by(Record.id)
         .execution_options(yield_per=2000)
     )
-    with db.session() as s:
-        for rid, sha, prov, model, mv, annotator, rec in s.execute(stmt):
-            want = passing.get(rid)
-            if want is None or record_hash(rec) != want:
-                continue
-            members[rid] = Member(want, split_of(sha, settings.export.val_fraction))
-            h.update(f"\n{rid}\t{sha}\t{want}\t{prov}\t{model}\t{mv}\t{annotator}".encode())
-    return members, h.hexdigest()
+
+
+def _plan_stmt(spec: TaskSpec) -> Any:
+    """What the content hash needs: no record JSON (decoding it is most of a pass's cost)."""
+    cols: list[Any] = [
+        Record.id,
+        Item.sha256,
+        Record.provenance,
+        Record.model,
+        Record.model_version,
+        Record.annotator,
+        Record.content_hash,
+    ]
+    return (
+        select(*cols)
+        .join(Item, Item.id == Record.item_id)
+        .where(Record.spec == spec.name, Record.provenance != PROVENANCE_PARTIAL)
+        .order_by(Record.id)
+        .execution_options(yield_per=5000)
+    )
+
+
+class MemberStream:
+    """The version's members, streamed: the spec's records merge-joined (both in id order) with
+    the validation run's passing snapshot, keeping a record only while its content hash is the
+    validated one. Memory is constant in the number of records; :attr:`content_hash` is ready
+    once the stream is exhausted.
+
+    ``full=False`` (the plan) reads only the columns the content hash needs and trusts the
+    records' stored ``content_hash`` (written with every record, see ``review.routing.put_record``);
+    ``full=True`` (the build) reads the records themselves and hashes their JSON, so a stored hash
+    that does not match the content fails the export loudly instead of shipping unvalidated data.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        spec: TaskSpec,
+        settings: Settings,
+        passing: Iterator[tuple[int, str]],
+        *,
+        full: bool = True,
+    ) -> None:
+        self.db = db
+        self.spec = spec
+        self.settings = settings
+        self.passing = passing
+        self.full = full
+        self._hash = hashlib.sha256(config_blob(spec, settings).encode())
+        self.members = 0
+        self.n_passing = 0
+
+    @property
+    def content_hash(self) -> str:
+        return self._hash.hexdigest()
+
+    def plan(self) -> Plan:
+        return Plan(self.content_hash, self.members, self.n_passing)
+
+    def __iter__(self) -> Iterator[tuple[Any, Member]]:
+        val_fraction = self.settings.export.val_fraction
+        passing = iter(self.passing)
+        nxt = next(passing, None)
+        stmt = _member_stmt(self.spec) if self.full else _plan_stmt(self.spec)
+        # Core rows, streamed: the ORM's per-row machinery is a large share of a pass otherwise
+        with self.db.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=2000).execute(stmt):
+                while nxt is not None and nxt[0] < row.id:
+                    self.n_passing += 1  # validated, then deleted or made partial: not a member
+                    nxt = next(passing, None)
+                if nxt is None or nxt[0] != row.id:
+                    continue
+                want = nxt[1]
+                self.n_passing += 1
+                nxt = next(passing, None)
+                stored = row.content_hash
+                if stored != want:
+                    continue  # edited since validation: waits for the next run
+                if self.full and record_hash(row.record) != stored:
+                    raise ExportError(
+                        f"record {row.id} of {self.spec.name}: its content does not match its stored "
+                        "content hash (changed during the export, or written without it); run the export again"
+                    )
+                self.members += 1
+                self._hash.update(
+                    f"\n{row.id}\t{row.sha256}\t{want}\t{row.provenance}\t{row.model}\t{row.model_version}"
+                    f"\t{row.annotator}".encode()
+                )
+                yield row, Member(want, split_of(row.sha256, val_fraction))
+        while nxt is not None:
+            self.n_passing += 1
+            nxt = next(passing, None)
+
+
+def plan_members(db: Database, spec: TaskSpec, settings: Settings, passing: Iterator[tuple[int, str]]) -> Plan:
+    """The content hash and size of the version the passing records would make (one pass)."""
+    stream = MemberStream(db, spec, settings, passing, full=False)
+    for _ in stream:
+        pass
+    return stream.plan()
 
 
 def choose_version(

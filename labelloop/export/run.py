@@ -1,7 +1,10 @@
 """Export the records that passed validation as an immutable, published dataset version.
 
-1. :mod:`plan`: the validation run and its members; the content hash. Already registered: done.
-2. :mod:`build`: images, annotation files per format/split, provenance, every entry checked.
+1. :mod:`plan`: the validation run and its members (streamed); the content hash. Already
+   registered: done.
+2. :mod:`build`: a second pass over the members: images into the spec's pool (only the new ones
+   are stored, see :mod:`images`), annotation files per format/split, provenance (per page for
+   documents), every entry checked; the pass must arrive at the planned content hash.
 3. Any checker problem: raise :class:`ExportCheckError` naming the records; nothing is published.
 4. Remove stray files of an earlier crashed attempt, ``publish`` (files first, ``manifest.json``
    last), then :mod:`registry` records the version. A crash between the manifest and the DB row
@@ -14,18 +17,24 @@ import datetime as dt
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from labelloop.config import Settings
 from labelloop.db import Database, DatasetVersion, ValidationRun
-from labelloop.export.build import Built, VersionBuilder, member_rows
+from labelloop.export.build import Built, VersionBuilder
 from labelloop.export.card import CardStats, render_card
 from labelloop.export.checker import ExportChecker, ExportCheckError
+from labelloop.export.documents import waiting_documents
 from labelloop.export.formats import SPLITS, file_name
-from labelloop.export.images import ImageCopier
+from labelloop.export.images import ImagePool
 from labelloop.export.plan import (
+    ExportError,
+    MemberStream,
     choose_version,
     export_formats,
     plan_members,
@@ -35,7 +44,9 @@ from labelloop.export.registry import find_version, read_provenance, register_ve
 from labelloop.export.version import FORMAT, MANIFEST, PROVENANCE, dataset_name, version_prefix
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore, publish
-from labelloop.validation import load_passing
+from labelloop.validation import iter_passing
+
+_decode = msgspec.json.decode
 
 
 @dataclass
@@ -94,6 +105,7 @@ def _manifest(
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "validation_run_id": run.id,
         "val_fraction": e.val_fraction,
+        "image_layout": e.image_layout,
         "counts": {
             "records": sum(built.records.values()),
             "samples": sum(built.samples.values()),
@@ -113,11 +125,32 @@ def _manifest(
     }
 
 
-def remove_strays(store: ObjectStore, prefix: str, keep: set[str]) -> int:
+def write_manifest(
+    path: Path, manifest: dict[str, Any], files: dict[str, tuple[str, int]], images: Iterable[tuple[str, str, int]]
+) -> Path:
+    """The manifest as a file, its ``files`` streamed: the version's own files (sorted), then
+    every image in the order the export met them (``../images/...`` in the pool layout)."""
+    head = json.dumps(manifest, indent=1, ensure_ascii=False)
+    assert head.endswith("}") and "files" not in manifest
+    with path.open("w", encoding="utf-8") as f:
+        f.write(head[:-1].rstrip() + ',\n "files": {')
+        first = True
+        for name, (digest, size) in sorted(files.items()):
+            f.write(("\n  " if first else ",\n  ") + json.dumps(name) + f': {{"sha256": "{digest}", "size": {size}}}')
+            first = False
+        for ref, digest, size in images:
+            f.write(("\n  " if first else ",\n  ") + json.dumps(ref) + f': {{"sha256": "{digest}", "size": {size}}}')
+            first = False
+        f.write("\n }\n}\n")
+    return path
+
+
+def remove_strays(store: ObjectStore, prefix: str, keep: set[str] | Callable[[str], bool]) -> int:
     """Delete what a crashed attempt left under this (unpublished) prefix and we will not rewrite."""
     removed = 0
+    wanted = keep if callable(keep) else keep.__contains__
     for info in list(store.list(prefix + "/")):
-        if info.key[len(prefix) + 1 :] not in keep:
+        if not wanted(info.key[len(prefix) + 1 :]):
             store.delete(info.key)
             removed += 1
     return removed
@@ -134,15 +167,15 @@ def export_dataset(
 ) -> ExportResult:
     """Publish a new version of ``spec`` when the validated records changed; see the module doc."""
     run = resolve_validation_run(db, spec.name, validation_run_id)
-    passing = load_passing(store, spec.name, run.id)
-    members, content_hash = plan_members(db, spec, settings, passing)
-    if not members:
+    plan = plan_members(db, spec, settings, iter_passing(store, spec.name, run.id))
+    if not plan.members:
         return ExportResult(
             spec=spec.name,
             created=False,
             validation_run_id=run.id,
             reason="no record passed",
         )
+    content_hash = plan.content_hash
     existing = find_version(db, spec.name, content_hash)
     if existing is not None:
         return ExportResult.of(existing, created=False)
@@ -165,16 +198,19 @@ def export_dataset(
     # a fresh prefix needs no listing, which matters with 100k images
     had_leftovers = next(iter(store.list(prefix + "/")), None) is not None
     stats = CardStats(spec)
-    with (
-        tempfile.TemporaryDirectory(prefix="labelloop-export-") as tmp,
-        ImageCopier(store, prefix, threads) as copier,
-    ):
-        builder = VersionBuilder(
-            spec, settings, copier, Path(tmp), members=members, validation_run_id=run.id, stats=stats
-        )
-        built = builder.run(member_rows(db, spec.name, members), dataset_name(spec.name, version))
+    layout = settings.export.image_layout
+    with tempfile.TemporaryDirectory(prefix="labelloop-export-") as tmp:
+        with ImagePool(
+            store, db, spec.name, prefix, Path(tmp) / "images.jsonl", layout=layout, threads=threads
+        ) as pool:
+            builder = VersionBuilder(spec, settings, pool, Path(tmp), db=db, validation_run_id=run.id, stats=stats)
+            members = MemberStream(db, spec, settings, iter_passing(store, spec.name, run.id))
+            built = builder.run(members, dataset_name(spec.name, version))
         if built.problems:
-            raise ExportCheckError(built.problems)
+            raise ExportCheckError(built.problems, built.n_problems)
+        if members.content_hash != content_hash:
+            raise ExportError(f"the records of {spec.name} changed during the export; run the export again")
+        n_waiting, waiting = waiting_documents(db, spec.name) if spec.media == "document" else (0, [])
         manifest = _manifest(
             spec,
             settings,
@@ -182,23 +218,27 @@ def export_dataset(
             content_hash,
             run,
             built,
-            images=len(copier.written),
+            images=pool.count,
+            images_stored=pool.created,
+            image_bytes_written=pool.bytes_written,
             provenance=dict(sorted(stats.provenance.items())),
-            stale_records=len(passing) - len(members),
+            stale_records=plan.stale,
+            **({"documents_waiting": n_waiting} if spec.media == "document" else {}),
         )
-        readme, plots = render_card(stats, manifest)
+        readme, plots = render_card(stats, manifest, waiting=waiting)
         files: dict[str, Path | bytes] = {**built.files, "README.md": readme.encode(), **plots}
         if had_leftovers:
-            remove_strays(store, prefix, set(files) | set(copier.written))
-        manifest_out: dict[str, bytes] = {}
+            own = set(files)
+            if layout == "self_contained":
+                own |= {ref for ref, _, _ in pool.entries()}
+            remove_strays(store, prefix, own)
+        manifest_path = Path(tmp) / MANIFEST
 
-        def make_manifest(checksums: dict[str, tuple[str, int]]) -> bytes:
-            every = {**checksums, **copier.written}
-            manifest["files"] = {n: {"sha256": d, "size": sz} for n, (d, sz) in sorted(every.items())}
-            manifest_out["bytes"] = (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode()
-            return manifest_out["bytes"]
+        def make_manifest(checksums: dict[str, tuple[str, int]]) -> Path:
+            return write_manifest(manifest_path, manifest, checksums, pool.entries())
 
         publish(store, prefix, sorted(files.items()), MANIFEST, make_manifest)
+        manifest_sha = _sha256_file(manifest_path)
         provenance_path = built.files[PROVENANCE]
         assert isinstance(provenance_path, Path)
         with provenance_path.open(encoding="utf-8") as lines:
@@ -207,7 +247,15 @@ def export_dataset(
                 prefix=prefix,
                 uri=store.uri(prefix),
                 manifest=manifest,
-                manifest_sha256=hashlib.sha256(manifest_out["bytes"]).hexdigest(),
-                members=(json.loads(line) for line in lines),
+                manifest_sha256=manifest_sha,
+                members=(_decode(line) for line in lines),
             )
     return ExportResult.of(dv, created)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,10 +1,18 @@
-"""Streaming writers for the annotation files, so 100k samples never sit in memory at once."""
+"""Streaming writers for the annotation files, so 100k samples never sit in memory at once.
+
+Entries are encoded with msgspec (compact UTF-8 JSON, a tenth of ``json.dumps``'s cost; the export
+writes three entries per sample). Only the files' whitespace depends on the encoder: the answer
+strings inside the entries are serialised by :mod:`labelloop.export.answers`.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
+
+import msgspec
+
+_encode = msgspec.json.Encoder().encode
 
 
 class JsonArrayWriter:
@@ -12,17 +20,17 @@ class JsonArrayWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f: TextIO = path.open("w", encoding="utf-8")
-        self._f.write("[")
+        self._f: BinaryIO = path.open("wb", buffering=1 << 20)
+        self._f.write(b"[")
         self.count = 0
 
     def write(self, obj: Any) -> None:
-        self._f.write(",\n" if self.count else "\n")
-        self._f.write(json.dumps(obj, ensure_ascii=False))
+        self._f.write(b",\n" if self.count else b"\n")
+        self._f.write(_encode(obj))
         self.count += 1
 
     def close(self) -> None:
-        self._f.write("\n]\n" if self.count else "]\n")
+        self._f.write(b"\n]\n" if self.count else b"]\n")
         self._f.close()
 
 
@@ -31,12 +39,12 @@ class JsonlWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f: TextIO = path.open("w", encoding="utf-8")
+        self._f: BinaryIO = path.open("wb", buffering=1 << 20)
         self.count = 0
 
     def write(self, obj: Any) -> None:
-        self._f.write(json.dumps(obj, ensure_ascii=False))
-        self._f.write("\n")
+        self._f.write(_encode(obj))
+        self._f.write(b"\n")
         self.count += 1
 
     def close(self) -> None:

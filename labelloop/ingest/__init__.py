@@ -1,4 +1,4 @@
-"""Ingest: content-addressed registration of images and PDFs, with recorded rejects.
+"""Ingest: content-addressed registration of images, documents (PDF, office) and videos, with recorded rejects.
 
 The names below are imported on first use (PEP 562), so a probe worker process that only needs
 :mod:`labelloop.ingest.probe` does not pay for the database and storage layers.

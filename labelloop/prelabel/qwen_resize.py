@@ -2,7 +2,9 @@
 
 Qwen2.5-VL answers grounding questions in absolute pixels of the image *as its processor resized
 it* (``smart_resize``: both sides multiples of 28, area within [min_pixels, max_pixels], aspect
-kept). Qwen2-VL and Qwen3-VL answer in a relative 0-1000 grid instead. We store boxes once, in
+kept). Qwen2-VL and Qwen3-VL answer in a relative 0-1000 grid instead; Qwen3-VL's processor
+resizes to multiples of 32 (patch 16 x merge 2), so ``factor`` is a parameter throughout
+(:mod:`labelloop.prelabel.vllm.family` says which one a model uses). We store boxes once, in
 original pixels (after EXIF orientation), and convert only at the model edge, here.
 
 We resize on the client with exactly the processor's algorithm, so the image we send *is* the
@@ -91,9 +93,15 @@ class ResizePlan:
 
     @classmethod
     def for_size(
-        cls, width: int, height: int, *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+        cls,
+        width: int,
+        height: int,
+        *,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int = MAX_PIXELS,
+        factor: int = IMAGE_FACTOR,
     ) -> ResizePlan:
-        h, w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
+        h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         return cls(orig_width=width, orig_height=height, width=w, height=h)
 
     @property
@@ -192,7 +200,9 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _probe(data: bytes, min_pixels: int, max_pixels: int) -> tuple[Image.Image, int, ResizePlan, PreparedImage | None]:
+def _probe(
+    data: bytes, min_pixels: int, max_pixels: int, factor: int = IMAGE_FACTOR
+) -> tuple[Image.Image, int, ResizePlan, PreparedImage | None]:
     """(opened image, EXIF orientation, plan, the image as is when it needs nothing): a header read."""
     head = Image.open(io.BytesIO(data))
     if head.format == "PNG":
@@ -203,19 +213,21 @@ def _probe(data: bytes, min_pixels: int, max_pixels: int) -> tuple[Image.Image, 
     orientation = _orientation(head)
     swapped = orientation in (5, 6, 7, 8)  # rotated by 90 degrees: width and height trade places
     width, height = (head.height, head.width) if swapped else head.size
-    plan = ResizePlan.for_size(width, height, min_pixels=min_pixels, max_pixels=max_pixels)
+    plan = ResizePlan.for_size(width, height, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
     if plan.is_identity and orientation == 1 and head.format in PASSTHROUGH_FORMATS and head.mode in ("RGB", "L"):
         return head, orientation, plan, PreparedImage(data=data, mime=PASSTHROUGH_FORMATS[head.format], plan=plan)
     return head, orientation, plan, None
 
 
-def ready_as_is(data: bytes, *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> PreparedImage | None:
+def ready_as_is(
+    data: bytes, *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, factor: int = IMAGE_FACTOR
+) -> PreparedImage | None:
     """The image as :func:`prepare_image` would send it when that needs no pixel work, else None.
 
     Reads the header only (no decode), so it is cheap enough to call on an event loop; an image
     that needs orienting, resizing or re-encoding gives None and goes to :func:`prepare_image`.
     """
-    return _probe(data, min_pixels, max_pixels)[3]
+    return _probe(data, min_pixels, max_pixels, factor)[3]
 
 
 def prepare_image(
@@ -224,6 +236,7 @@ def prepare_image(
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
     jpeg_quality: int = 90,
+    factor: int = IMAGE_FACTOR,
 ) -> PreparedImage:
     """Orient, resize with ``smart_resize`` and encode an image for the model.
 
@@ -234,7 +247,7 @@ def prepare_image(
     in a format the server reads) is sent as stored: no decode, no resample, no second JPEG
     generation loss. Reading its header is all it costs (see :func:`ready_as_is`).
     """
-    head, orientation, plan, as_is = _probe(data, min_pixels, max_pixels)
+    head, orientation, plan, as_is = _probe(data, min_pixels, max_pixels, factor)
     if as_is is not None:
         return as_is
     swapped = orientation in (5, 6, 7, 8)

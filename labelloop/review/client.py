@@ -77,6 +77,11 @@ def make_client(url: str, token: str, *, timeout: float = 60.0, verify: bool = T
         if e.status_code in (401, 403):
             raise LabelStudioAuthError(_auth_hint(url, token, e), e.status_code) from None
         raise LabelStudioError(f"Label Studio at {url}: {api_error_message(e)}", e.status_code) from None
+    except httpx.RequestError as e:  # server down, wrong port, DNS: say where and what, not a bare ConnectError
+        raise LabelStudioError(
+            f"connect to Label Studio: unreachable at {url}: {type(e).__name__}: {e}; "
+            "check LABELLOOP_LABEL_STUDIO__URL and that the server is up"
+        ) from None
     return ls
 
 
@@ -100,3 +105,69 @@ def call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise LabelStudioError(
             f"{what}: Label Studio unreachable at {url}: {type(e).__name__}: {e}; rerun when it is back"
         ) from None
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:1000]
+    if isinstance(body, dict):
+        detail = body.get("detail") or body
+        errors = body.get("validation_errors")
+        return (f"{detail} {errors}" if errors else str(detail))[:1000]
+    return str(body)[:1000]
+
+
+def request(
+    ls: LabelStudio,
+    what: str,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    content: bytes | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    ok_404: bool = False,
+) -> httpx.Response:
+    """One request through the SDK's own HTTP client (its auth, PAT refresh, base URL), without
+    the SDK's pydantic models on either side.
+
+    Why not the typed methods here: an import or sync page is thousands of tasks, and the SDK
+    walks every value of the request through ``jsonable_encoder`` and builds a pydantic model of
+    every task of the answer, which costs more than Label Studio's own work for the same page.
+    The hot paths (bulk import, sync pages) send bytes and read ``response.json()`` instead;
+    the response headers (``Date``: the server's clock, see :mod:`.sync`) are kept too.
+    ``retries`` None keeps the SDK's retries (idempotent reads); 0 for a non-idempotent POST.
+    Errors are :class:`LabelStudioError` naming the step, the URL and the answer.
+    """
+    options: dict[str, Any] = {}
+    if timeout is not None:
+        options["timeout"] = timeout
+    if retries is not None:
+        options["max_retries"] = retries
+    wrapper = ls._client_wrapper  # the SDK's configured client (auth, base URL, PAT refresh)
+    url = f"{wrapper.get_base_url().rstrip('/')}/{path.lstrip('/')}"
+    try:
+        r = wrapper.httpx_client.request(
+            path,
+            method=method,
+            params=params,
+            content=content,
+            headers={"Content-Type": "application/json"} if content is not None else None,
+            request_options=options or None,  # type: ignore[arg-type]
+        )
+    except ApiError as e:  # raised by the token refresh of a PAT
+        cls = LabelStudioAuthError if e.status_code in (401, 403) else LabelStudioError
+        raise cls(f"{what} at {url}: {api_error_message(e)}", e.status_code) from None
+    except httpx.RequestError as e:
+        raise LabelStudioError(
+            f"{what}: Label Studio unreachable at {url}: {type(e).__name__}: {e}; rerun when it is back"
+        ) from None
+    if r.status_code == 404 and ok_404:
+        return r
+    if r.status_code >= 400:
+        cls = LabelStudioAuthError if r.status_code in (401, 403) else LabelStudioError
+        raise cls(f"{what} at {url}: HTTP {r.status_code}: {_detail(r)}", r.status_code)
+    return r

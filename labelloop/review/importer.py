@@ -6,14 +6,18 @@ the ``labelloop_label_studio`` pool. The project is the one whose id is stored i
 (see :mod:`.projects`), never one found by title twice.
 
 Label Studio has no task upsert (re-importing duplicates) and the SDK retries POSTs on 5xx and
-timeouts-adjacent errors, which can import a chunk twice. So, per chunk of
-``settings.label_studio.import_chunk`` tasks:
+timeouts-adjacent errors, which can import a chunk twice. So:
 
-1. the chunk's ``data.external_id``s are looked up in the project (Data Manager ``in_list``
-   filter); those already there are only recorded, not imported again -- this is what makes a
-   rerun after a crash *between* Label Studio accepting a chunk and our commit safe;
-2. the rest are imported in one POST with the SDK's retries off (``max_retries=0``);
-3. the Label Studio task ids are stored and the rows marked imported in one commit.
+1. once per run, the project's tasks with an id above the highest Label Studio id we ever
+   stored for it are read (:func:`tasks_after`): the only place a task posted by a crashed run
+   but never committed here can be. In a run after a clean one this is one request answering
+   nothing; a pending row found there is only recorded, not imported again;
+2. per chunk of ``settings.label_studio.import_chunk`` tasks (1,000 by default: Label Studio's
+   per-request cost is small next to its per-task cost, measured flat from 250 to 2,000, and
+   a chunk of 1,000 vehicle tasks is under 1 MB of the 250 MB request limit), one POST with
+   retries off, then the task ids stored and the rows marked imported in one commit;
+3. while a chunk is in Label Studio's hands, the next one is read and built here, so the two
+   processes work at the same time; a chunk is posted only after the previous one committed.
 
 Each task carries its prediction in Label Studio's result format (boxes in percent of the image,
 per-region ``score``), the prediction ``score`` is the item confidence (the project's uncertainty
@@ -27,21 +31,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import func, select, update
 
 from labelloop.config import Settings
-from labelloop.db import Database, Item, Prediction, ReviewTask
+from labelloop.db import Database, Item, ItemAlias, Prediction, ReviewTask
 from labelloop.db.locks import exclusive
+from labelloop.db.types import utcnow
 from labelloop.prelabel.ensemble import hint_text
 from labelloop.review import convert
-from labelloop.review.client import LabelStudioError, call
+from labelloop.review.client import LabelStudioError, call, request
 from labelloop.review.media import MediaLinker
 from labelloop.review.projects import control_labels, extend_labels, project_for, set_model_version
 from labelloop.review.routing import STATUS_IMPORTED, STATUS_PENDING
@@ -49,9 +53,6 @@ from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-
-#: external ids per Data Manager lookup (the filter goes into a GET query string)
-LOOKUP_CHUNK = 500
 
 
 @dataclass
@@ -63,6 +64,8 @@ class ImportStats:
     imported: int = 0
     already_there: int = 0
     chunks: int = 0
+    #: requests spent finding tasks already in Label Studio (one per run)
+    lookups: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,8 +77,13 @@ class ImportStats:
             "imported": self.imported,
             "already_there": self.already_there,
             "chunks": self.chunks,
+            "lookups": self.lookups,
             "seconds": round(self.seconds, 3),
         }
+
+
+#: size of a run's first chunk; the next ones double up to ``label_studio.import_chunk``
+FIRST_CHUNK = 125
 
 
 # --------------------------------------------------------------------------- task payloads
@@ -120,12 +128,31 @@ def field_scores(spec: TaskSpec, pred: Prediction) -> dict[str, Any]:
     return out
 
 
+def _name_of(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
 def original_name(item: Item) -> str:
     """The file name the item first arrived under (content is stored by hash; people know names)."""
     if not item.aliases:
         return item.sha256[:12]
     first = min(item.aliases, key=lambda a: (a.first_seen_at, a.id))
-    return first.source_uri.rstrip("/").rsplit("/", 1)[-1]
+    return _name_of(first.source_uri)
+
+
+def original_names(s: Any, items: list[Item]) -> dict[int, str]:
+    """:func:`original_name` of many items in one query on ``item_aliases`` (a chunk's worth;
+    cheaper than loading the relationship into every item)."""
+    first: dict[int, tuple[Any, int, str]] = {}
+    ids = [it.id for it in items]
+    for item_id, alias_id, seen, uri in s.execute(
+        select(ItemAlias.item_id, ItemAlias.id, ItemAlias.first_seen_at, ItemAlias.source_uri).where(
+            ItemAlias.item_id.in_(ids)
+        )
+    ):
+        if item_id not in first or (seen, alias_id) < first[item_id][:2]:
+            first[item_id] = (seen, alias_id, uri)
+    return {it.id: _name_of(first[it.id][2]) if it.id in first else it.sha256[:12] for it in items}
 
 
 def unsure_fields(spec: TaskSpec, rt: ReviewTask) -> list[str]:
@@ -148,15 +175,22 @@ def unsure_fields(spec: TaskSpec, rt: ReviewTask) -> list[str]:
 
 
 def build_task(
-    spec: TaskSpec, rt: ReviewTask, pred: Prediction, item: Item, media: MediaLinker
+    spec: TaskSpec,
+    rt: ReviewTask,
+    pred: Prediction,
+    item: Item,
+    media: MediaLinker,
+    *,
+    file_name: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, set[str]]]:
-    """The Label Studio task for one review task, and the object labels its prediction uses."""
+    """The Label Studio task for one review task, and the object labels its prediction uses
+    (``file_name``: the item's :func:`original_name`, when the caller has it already)."""
     key = media_key(spec, item, pred, rt.page)
     data: dict[str, Any] = {
         "image": media.url(key),
         "external_id": rt.external_id,
         "item": item.sha256,
-        "file_name": original_name(item),
+        "file_name": file_name if file_name is not None else original_name(item),
         "unsure": ", ".join(unsure_fields(spec, rt)),
     }
     if spec.media == "document":
@@ -191,42 +225,92 @@ def build_task(
 # --------------------------------------------------------------------------- Label Studio side
 
 
-def existing_external_ids(ls: LabelStudio, project_id: int, ext_ids: Sequence[str]) -> dict[str, int]:
-    """{external_id: task id} of the given ids already in the project."""
+def _task_query(items: list[dict[str, Any]]) -> str:
+    return json.dumps({"filters": Filters.create(Filters.AND, items)})
+
+
+def tasks_after(ls: LabelStudio, project_id: int, after_id: int | None) -> dict[str, int]:
+    """{external_id: task id} of the project's tasks with an id above ``after_id`` (all when None).
+
+    Label Studio's task ids only grow (an auto-increment key), and under the import lock our
+    chunks are posted one after another, each committed before the next is posted. So a task a
+    crashed run left behind (posted, never committed here) has an id above every id we ever
+    stored for the project: this one paged read finds all of them, and in a run that follows a
+    clean one it is a single request answering nothing.
+    """
+    items = []
+    if after_id is not None:
+        items.append(Filters.item(Column.id, Operator.GREATER, Type.Number, Filters.value(after_id)))
+    params: dict[str, Any] = {"project": project_id, "fields": "task_only", "include": "id,data", "page_size": 1000}
+    if items:
+        params["query"] = _task_query(items)
     found: dict[str, int] = {}
-    for i in range(0, len(ext_ids), LOOKUP_CHUNK):
-        part = list(ext_ids[i : i + LOOKUP_CHUNK])
-        flt = Filters.item(Column.data("external_id"), Operator.IN_LIST, Type.String, part)
-        query = json.dumps({"filters": Filters.create(Filters.AND, [flt])})
-        pager = call(
-            "look up external ids",
-            ls.tasks.list,
-            project=project_id,
-            query=query,
-            fields="task_only",
-            include="id,data",
-            page_size=1000,
+    page = 1
+    while True:
+        r = request(
+            ls,
+            f"look up tasks of project {project_id} after task {after_id}",
+            "GET",
+            "api/tasks/",
+            params={**params, "page": page},
+            ok_404=True,
         )
-        for t in pager:
-            ext = (t.data or {}).get("external_id")
+        if r.status_code == 404:  # "Invalid page": past the end
+            break
+        tasks = r.json().get("tasks") or []
+        for t in tasks:
+            ext = (t.get("data") or {}).get("external_id")
             if ext is not None:
-                found[str(ext)] = int(t.id)
+                found[str(ext)] = int(t["id"])
+        if len(tasks) < params["page_size"]:
+            break
+        page += 1
     return found
 
 
-def post_tasks(ls: LabelStudio, project_id: int, tasks: list[dict[str, Any]], timeout: float) -> list[int]:
-    """One bulk import with retries off; the task ids in the order of ``tasks``."""
-    r = call(
-        f"import {len(tasks)} tasks into project {project_id}",
-        ls.projects.import_tasks,
-        id=project_id,
-        request=tasks,
-        return_task_ids=True,
-        request_options={"max_retries": 0, "timeout": timeout},
+def post_tasks(ls: LabelStudio, project_id: int, body: bytes, count: int, timeout: float) -> list[int]:
+    """One bulk import of ``count`` tasks (``body``: their JSON) with retries off: the SDK
+    would retry a POST on a 5xx and import the chunk twice. The task ids in input order."""
+    r = request(
+        ls,
+        f"import {count} tasks into project {project_id}",
+        "POST",
+        f"api/projects/{project_id}/import",
+        params={"return_task_ids": "true"},
+        content=body,
+        timeout=timeout,
+        retries=0,
     )
-    ids = [int(i) for i in (r.task_ids or [])]
-    if len(ids) != len(tasks):
-        raise LabelStudioError(f"imported {len(tasks)} tasks but Label Studio returned {len(ids)} task ids")
+    ids = [int(i) for i in (r.json().get("task_ids") or [])]
+    if len(ids) != count:
+        raise LabelStudioError(
+            f"import {count} tasks into project {project_id}: Label Studio returned {len(ids)} task ids"
+        )
+    return ids
+
+
+def request_bodies(tasks: list[dict[str, Any]], max_bytes: int) -> list[tuple[bytes, int]]:
+    """The tasks as JSON array bodies of at most ``max_bytes`` each (a single task larger than
+    that goes alone, and Label Studio says whether it takes it); (body, task count) pairs."""
+    parts: list[tuple[bytes, int]] = []
+    current: list[bytes] = []
+    size = 2
+    for t in tasks:
+        one = json.dumps(t).encode()
+        if current and size + len(one) + 1 > max_bytes:
+            parts.append((b"[" + b",".join(current) + b"]", len(current)))
+            current, size = [], 2
+        current.append(one)
+        size += len(one) + 1
+    if current:
+        parts.append((b"[" + b",".join(current) + b"]", len(current)))
+    return parts
+
+
+def _post_parts(ls: LabelStudio, project_id: int, parts: list[tuple[bytes, int]], timeout: float) -> list[int]:
+    ids: list[int] = []
+    for body, count in parts:
+        ids += post_tasks(ls, project_id, body, count, timeout)
     return ids
 
 
@@ -252,33 +336,30 @@ class _LabelKeeper:
                 self.known.setdefault(c, set()).update(labels)
 
 
-def _import_chunk(
-    ls: LabelStudio,
-    pid: int,
-    spec: TaskSpec,
-    rows: list[tuple[ReviewTask, Prediction, Item]],
-    media: MediaLinker,
-    labels: _LabelKeeper,
-    timeout: float,
-) -> tuple[int, int]:
-    """Import one chunk and set its rows' Label Studio ids (the caller commits);
-    returns (imported, found already there)."""
-    media.prepare([media_key(spec, it, p, rt.page) for rt, p, it in rows])
-    tasks: dict[str, dict[str, Any]] = {}
+@dataclass
+class _Chunk:
+    """One chunk, built while the previous one is in Label Studio's hands."""
+
+    #: (review task id, external id, model version) per row, in id order
+    rows: list[tuple[int, str, str | None]]
+    tasks: dict[str, dict[str, Any]]
+    wanted: dict[str, set[str]]
+    keys: list[str]
+    new: list[str] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)
+
+
+def _build_chunk(s: Any, spec: TaskSpec, rows: list[tuple[ReviewTask, Prediction, Item]], media: MediaLinker) -> _Chunk:
+    chunk = _Chunk(rows=[], tasks={}, wanted={}, keys=[])
+    names = original_names(s, [item for _rt, _p, item in rows])
     for rt, pred, item in rows:
-        task, wanted = build_task(spec, rt, pred, item, media)
-        labels.ensure(wanted)
-        tasks[rt.external_id] = task
-    ids = existing_external_ids(ls, pid, list(tasks))
-    there = len(ids)
-    new = [ext for ext in tasks if ext not in ids]
-    if new:
-        ids.update(zip(new, post_tasks(ls, pid, [tasks[e] for e in new], timeout), strict=True))
-    for rt, _pred, _item in rows:
-        rt.ls_project_id = pid
-        rt.ls_task_id = ids[rt.external_id]
-        rt.status = STATUS_IMPORTED
-    return len(new), there
+        task, wanted = build_task(spec, rt, pred, item, media, file_name=names[item.id])
+        chunk.tasks[rt.external_id] = task
+        chunk.rows.append((rt.id, rt.external_id, pred.model_version))
+        chunk.keys.append(media_key(spec, item, pred, rt.page))
+        for control, labels in wanted.items():
+            chunk.wanted.setdefault(control, set()).update(labels)
+    return chunk
 
 
 def _pending(spec: TaskSpec, after_id: int, limit: int) -> Any:
@@ -289,7 +370,6 @@ def _pending(spec: TaskSpec, after_id: int, limit: int) -> Any:
         .where(ReviewTask.spec == spec.name, ReviewTask.status == STATUS_PENDING, ReviewTask.id > after_id)
         .order_by(ReviewTask.id)
         .limit(limit)
-        .options(selectinload(Item.aliases))  # original_name() for a chunk in one query
     )
 
 
@@ -302,6 +382,12 @@ def newest_pending_model_version(db: Database, spec: TaskSpec) -> str | None:
             .order_by(Prediction.created_at.desc(), Prediction.id.desc())
             .limit(1)
         )
+
+
+def newest_stored_task_id(db: Database, project_id: int) -> int | None:
+    """The highest Label Studio task id we ever recorded for the project (see :func:`tasks_after`)."""
+    with db.session() as s:
+        return s.scalar(select(func.max(ReviewTask.ls_task_id)).where(ReviewTask.ls_project_id == project_id))
 
 
 def import_pending(
@@ -322,6 +408,26 @@ def import_pending(
         return _import_pending(db, ls, settings, spec, label_config, store, limit=limit, chunk=chunk)
 
 
+def _commit_chunk(db: Database, pid: int, chunk: _Chunk) -> None:
+    """Store the chunk's Label Studio ids and mark its rows imported, in one transaction."""
+    now = utcnow()
+    with db.session() as s:
+        s.execute(
+            update(ReviewTask),
+            [
+                {
+                    "id": rt_id,
+                    "ls_project_id": pid,
+                    "ls_task_id": chunk.ids[ext],
+                    "status": STATUS_IMPORTED,
+                    "updated_at": now,
+                }
+                for rt_id, ext, _mv in chunk.rows
+            ],
+        )
+        s.commit()
+
+
 def _import_pending(
     db: Database,
     ls: LabelStudio,
@@ -335,7 +441,7 @@ def _import_pending(
 ) -> ImportStats:
     t0 = time.perf_counter()
     lss = settings.label_studio
-    chunk = chunk or lss.import_chunk
+    size_max = chunk or lss.import_chunk
     pid = project_for(db, ls, lss.url, lss.project_prefix, spec, label_config)
     stats = ImportStats(spec=spec.name, project_id=pid)
     stats.model_version = newest_pending_model_version(db, spec)
@@ -344,25 +450,60 @@ def _import_pending(
         return stats
     media = MediaLinker(settings, store, ls, pid)
     labels = _LabelKeeper(ls, pid, spec, call("get project", ls.projects.get, id=pid).label_config or "")
+    # tasks a crashed run left in Label Studio without our commit: one read for the whole run
+    orphans = tasks_after(ls, pid, newest_stored_task_id(db, pid))
+    stats.lookups = 1
     last_id = 0
     version_set = False
-    while limit is None or stats.pending < limit:
-        size = chunk if limit is None else min(chunk, limit - stats.pending)
-        with db.session() as s:
-            rows = [tuple(r) for r in s.execute(_pending(spec, last_id, size))]
-            if not rows:
+    # One POST in flight while the next chunk is read and built here: Label Studio's work and
+    # ours overlap (two processes, two cores) instead of taking turns. Only the POST runs in the
+    # worker; the DB, the labels and the storages are touched from this thread only, and a chunk
+    # is posted only after the one before it is committed (the orphan read above relies on it).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-import") as pool:
+        inflight: tuple[_Chunk, Future[list[int]] | None] | None = None
+        while True:
+            built: _Chunk | None = None
+            if limit is None or stats.pending < limit:
+                # the first chunks ramp up (FIRST_CHUNK, doubling): the pipeline starts working
+                # after a small build instead of a full chunk's
+                size = min(size_max, FIRST_CHUNK << min(stats.chunks + (inflight is not None), 20))
+                size = size if limit is None else min(size, limit - stats.pending)
+                with db.session() as s:
+                    rows = [tuple(r) for r in s.execute(_pending(spec, last_id, size))]
+                    if rows:
+                        last_id = rows[-1][0].id
+                        built = _build_chunk(s, spec, rows, media)  # type: ignore[arg-type]
+            if inflight is not None:
+                done, fut = inflight
+                if fut is not None:
+                    done.ids.update(zip(done.new, fut.result(), strict=True))
+                _commit_chunk(db, pid, done)
+                stats.chunks += 1
+                if not version_set and any(mv == stats.model_version for _i, _e, mv in done.rows):
+                    # only now: Label Studio accepts a version once the project has predictions of it
+                    set_model_version(ls, pid, stats.model_version)
+                    version_set = True
+                log.info(
+                    "%s: chunk %s: %s imported, %s already there",
+                    spec.name,
+                    stats.chunks,
+                    len(done.new),
+                    len(done.rows) - len(done.new),
+                )
+                inflight = None
+            if built is None:
                 break
-            last_id = rows[-1][0].id
-            stats.pending += len(rows)
-            imported, there = _import_chunk(ls, pid, spec, rows, media, labels, lss.import_timeout_s)
-            stats.imported += imported
-            stats.already_there += there
-            s.commit()
-            stats.chunks += 1
-        if not version_set and any(p.model_version == stats.model_version for _rt, p, _it in rows):
-            # only now: Label Studio accepts a version once the project has predictions of it
-            set_model_version(ls, pid, stats.model_version)
-            version_set = True
-        log.info("%s: chunk %s: %s imported, %s already there", spec.name, stats.chunks, imported, there)
+            stats.pending += len(built.rows)
+            labels.ensure(built.wanted)
+            media.prepare(built.keys)
+            built.ids = {ext: orphans[ext] for ext in built.tasks if ext in orphans}
+            built.new = [ext for ext in built.tasks if ext not in built.ids]
+            stats.already_there += len(built.ids)
+            stats.imported += len(built.new)
+            future = None
+            if built.new:
+                parts = request_bodies([built.tasks[e] for e in built.new], lss.import_max_bytes)
+                future = pool.submit(_post_parts, ls, pid, parts, lss.import_timeout_s)
+            inflight = (built, future)
     stats.seconds = time.perf_counter() - t0
     return stats

@@ -6,7 +6,12 @@
                created per folder (a storage path must be strictly below the root).
 ``s3``         task data holds ``s3://<bucket>/<key>``; an S3 import storage on the bucket lets Label
                Studio resolve it to a presigned URL (303) for the browser. Nothing is synced.
-``presigned``  task data holds a presigned GET URL from the object store itself (expires!).
+               The storage holds Label Studio's OWN read-only key (``label_studio.s3_access_key``),
+               never the platform's read-write one: Label Studio keeps storage credentials in its
+               database and any project admin can see them. Without such a key, or with the
+               platform's, the import refuses to start.
+``presigned``  task data holds a presigned GET URL from the object store itself: read-only, one
+               object, expiring (``storage.presign_expiry_s``); Label Studio gets no key at all.
 
 The import storages are resolvers only: they are never synced (a sync would create one task per
 file, not deduplicated against our imports), and their ``regex_filter`` matches nothing so a
@@ -33,6 +38,28 @@ class MediaError(RuntimeError):
     pass
 
 
+def label_studio_s3_keys(settings: Settings) -> tuple[str, str]:
+    """Label Studio's own S3 key pair for media_mode=s3, or :class:`MediaError` saying why not.
+
+    Whether a key is read-only is the S3 server's policy, which the client cannot see without
+    trying a write; what it can refuse is no key at all and the platform's own key.
+    """
+    lss, st = settings.label_studio, settings.storage
+    access, secret = lss.s3_access_key.get_secret_value(), lss.s3_secret_key.get_secret_value()
+    if not access or not secret:
+        raise MediaError(
+            "media_mode=s3 stores S3 credentials in Label Studio: set label_studio.s3_access_key and "
+            f"label_studio.s3_secret_key to a read-only key of bucket {st.bucket!r} (s3:GetObject, s3:ListBucket), "
+            "or use media_mode=presigned (step: media setup)"
+        )
+    if access == st.access_key.get_secret_value():
+        raise MediaError(
+            "label_studio.s3_access_key is the platform's own storage key (storage.access_key), which can write "
+            f"and delete in bucket {st.bucket!r}; give Label Studio a read-only key of its own (step: media setup)"
+        )
+    return access, secret
+
+
 class MediaLinker:
     """Turns object keys into task-data URLs and makes sure Label Studio can serve them."""
 
@@ -57,6 +84,8 @@ class MediaLinker:
                 )
         elif self.mode in ("s3", "presigned") and store.scheme != "s3":
             raise MediaError(f"media_mode={self.mode} needs the S3 object store (storage.backend=s3)")
+        if self.mode == "s3":
+            self._ls_keys = label_studio_s3_keys(settings)
 
     # ------------------------------------------------------------------ URLs
 
@@ -120,8 +149,8 @@ class MediaLinker:
             bucket=bucket,
             title=f"labelloop media {bucket}",
             description="Resolver for task images; do not sync (labelloop imports tasks itself).",
-            aws_access_key_id=st.access_key.get_secret_value(),
-            aws_secret_access_key=st.secret_key.get_secret_value(),
+            aws_access_key_id=self._ls_keys[0],
+            aws_secret_access_key=self._ls_keys[1],
             region_name=st.region or "us-east-1",
             presign=True,
             presign_ttl=max(1, st.presign_expiry_s // 60),

@@ -1,12 +1,21 @@
 """Bring reviewed work back from Label Studio: annotations, the correction log, curated records.
 
 Incremental by the tasks' ``updated_at`` (Label Studio bumps it whenever an annotation on the task
-is created or updated). The watermark lives in ``sync_state`` and is written in the same
-transaction as the page of annotations it covers, so it can never run ahead of what was stored.
-Each run re-reads ``sync_overlap_s`` before the watermark (a task saved with an earlier timestamp
-can commit after a later one), and pages by keyset (``updated_at >= cursor``) rather than by page
-number, so tasks that change while we page cannot shift a page and be skipped. Re-read annotations
-are recognised by (Label Studio annotation id, its ``updated_at``) and skipped.
+is created or updated). Pages are read by keyset (``updated_at >= cursor``, ordered by it) rather
+than by page number, so tasks that change while we page cannot shift a page and be skipped, and
+as plain JSON through the SDK's HTTP client (its models cost more than Label Studio's own work);
+the next page is read while this one is written. Two positions live in ``sync_state``, written in
+the same transaction as the page of annotations they cover, so neither runs ahead of what was
+stored: the *watermark* (the newest task ``updated_at`` read; ``labelloop status``, the sensor)
+and the *cursor* (``detail.cursor``: every task stamped before it has been read), where the next
+sync starts. A stamp is taken before its transaction commits, so a task stamped just before a
+read can commit just after it: the cursor follows the server's clock (each page's ``Date`` header
+less the request time) and stays ``sync_overlap_s`` behind the read time where that is earlier
+than the newest task (:class:`Settled`). A sync long after the last edit thus leaves the cursor
+past every task and the next sync with nothing new reads one empty page; a sync during review
+re-reads only the last ``sync_overlap_s`` seconds, and an annotation stamped at the watermark's
+very timestamp is never missed (``>=``). Re-read annotations are recognised by (Label Studio
+annotation id, its ``updated_at``) and skipped.
 
 Per task the newest annotation wins (history kept, older versions ``is_latest = False``):
 
@@ -22,24 +31,27 @@ Per task the newest annotation wins (history kept, older versions ``is_latest = 
   not final (skipped, pending): the unreviewed pages are model output, and export leaves the
   document out until every page is reviewed.
 
-Tasks deleted in Label Studio are found by comparing the project's task ids with ours.
+Tasks deleted in Label Studio are found by comparing the project's task ids with ours, read only
+when one count (tasks with an external id) disagrees with our live rows (:func:`mark_deleted`).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import email.utils
 import json
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema.validators import validator_for
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
@@ -56,7 +68,7 @@ from labelloop.db import (
 )
 from labelloop.db.types import utcnow
 from labelloop.review import convert
-from labelloop.review.client import LabelStudioError, call
+from labelloop.review.client import call, request
 from labelloop.review.importer import media_key, task_size
 from labelloop.review.projects import find_project, project_title, stored_project_id
 from labelloop.review.routing import (
@@ -96,9 +108,26 @@ def _dm_time(ts: dt.datetime) -> str:
 
 
 def get_watermark(db: Database, key: str) -> dt.datetime | None:
+    """The newest task ``updated_at`` a sync has read (what ``labelloop status`` shows)."""
     with db.session() as s:
         st = s.get(SyncState, key)
         return st.watermark if st else None
+
+
+def get_cursor(db: Database, key: str, overlap_s: float) -> dt.datetime | None:
+    """Where the next sync reads from: every task last updated before it has been read.
+
+    State written before the cursor existed has only the watermark: then the cursor is the
+    watermark less the overlap, which is what every sync re-read before.
+    """
+    with db.session() as s:
+        st = s.get(SyncState, key)
+        if st is None:
+            return None
+        cursor = (st.detail or {}).get("cursor")
+        if cursor:
+            return parse_ts(cursor)
+        return st.watermark - dt.timedelta(seconds=overlap_s) if st.watermark else None
 
 
 @dataclass
@@ -117,11 +146,14 @@ class SyncStats:
     #: annotation versions that broke the spec (see ``annotation_rejects``)
     rejected: int = 0
     watermark: dt.datetime | None = None
+    #: where the next sync reads from (see :class:`Settled`)
+    cursor: dt.datetime | None = None
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("watermark", "seconds")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("watermark", "cursor", "seconds")}
         out["watermark"] = self.watermark.isoformat() if self.watermark else None
+        out["cursor"] = self.cursor.isoformat() if self.cursor else None
         out["seconds"] = round(self.seconds, 3)
         return out
 
@@ -141,48 +173,86 @@ def _updated_since_query(cursor: dt.datetime | None, extra: Iterable[dict[str, A
     return json.dumps(query)
 
 
-def _task_page(ls: LabelStudio, project_id: int, cursor: dt.datetime | None, page: int, size: int) -> list[Any]:
+@dataclass
+class TaskPage:
+    """One page of changed tasks (plain JSON), and a lower bound of when the server read them."""
+
+    tasks: list[dict[str, Any]]
+    #: the server's clock when it ran the query, at the latest: its ``Date`` header minus the
+    #: request's duration (the header is written after the query ran, and rounded down);
+    #: None when the server sent no usable ``Date``
+    read_at: dt.datetime | None
+
+
+def server_read_time(date_header: str | None, elapsed_s: float) -> dt.datetime | None:
+    if not date_header:
+        return None
     try:
-        pager = call(
-            "list updated tasks",
-            ls.tasks.list,
-            project=project_id,
-            query=_updated_since_query(cursor),
-            fields="all",
-            include=SYNC_FIELDS,
-            page=page,
-            page_size=size,
-        )
-    except LabelStudioError as e:
-        if e.status_code == 404:  # "Invalid page": past the end
-            return []
-        raise
-    return list(pager.items or [])
+        date = email.utils.parsedate_to_datetime(date_header)
+    except (TypeError, ValueError):
+        return None
+    if date.tzinfo is None:
+        return None
+    return date.astimezone(dt.UTC) - dt.timedelta(seconds=elapsed_s)
+
+
+def _task_page(ls: LabelStudio, project_id: int, cursor: dt.datetime | None, page: int, size: int) -> TaskPage:
+    t0 = time.perf_counter()
+    r = request(
+        ls,
+        f"list tasks of project {project_id} updated since {cursor.isoformat() if cursor else 'ever'}",
+        "GET",
+        "api/tasks/",
+        params={
+            "project": project_id,
+            "query": _updated_since_query(cursor),
+            "fields": "all",
+            "include": SYNC_FIELDS,
+            "resolve_uri": "false",  # the sync reads no media URL
+            "page": page,
+            "page_size": size,
+        },
+        ok_404=True,
+    )
+    read_at = server_read_time(r.headers.get("date"), time.perf_counter() - t0)
+    if r.status_code == 404:  # "Invalid page": past the end
+        return TaskPage([], read_at)
+    return TaskPage(list(r.json().get("tasks") or []), read_at)
+
+
+def _count_tasks(ls: LabelStudio, project_id: int, what: str, items: list[dict[str, Any]]) -> int:
+    params: dict[str, Any] = {"project": project_id, "fields": "task_only", "include": "id", "page_size": 1}
+    if items:
+        params["query"] = json.dumps({"filters": Filters.create(Filters.AND, items)})
+    r = request(ls, what, "GET", "api/tasks/", params=params, ok_404=True)
+    return int(r.json().get("total") or 0) if r.status_code == 200 else 0
 
 
 def live_task_ids(ls: LabelStudio, project_id: int) -> set[int]:
-    pager = call("list task ids", ls.tasks.list, project=project_id, fields="task_only", include="id", page_size=1000)
-    return {int(t.id) for t in pager}
+    ids: set[int] = set()
+    page = 1
+    while True:
+        r = request(
+            ls,
+            f"list task ids of project {project_id}",
+            "GET",
+            "api/tasks/",
+            params={"project": project_id, "fields": "task_only", "include": "id", "page": page, "page_size": 1000},
+            ok_404=True,
+        )
+        tasks = r.json().get("tasks") or [] if r.status_code == 200 else []
+        ids.update(int(t["id"]) for t in tasks)
+        if len(tasks) < 1000:
+            return ids
+        page += 1
 
 
 def count_completed_since(ls: LabelStudio, project_id: int, since: dt.datetime | None) -> int:
     """Tasks with at least one (non-skipped) annotation, changed after ``since``."""
-    extra = [Filters.item(Column.total_annotations, Operator.GREATER, Type.Number, Filters.value(0))]
-    query = json.loads(_updated_since_query(None, extra))
+    items = [Filters.item(Column.total_annotations, Operator.GREATER, Type.Number, Filters.value(0))]
     if since is not None:
-        query["filters"]["items"].append(
-            Filters.item(Column.updated_at, Operator.GREATER, Type.Datetime, Filters.value(_dm_time(since)))
-        )
-    pager = call(
-        "count completed tasks",
-        ls.tasks.list,
-        project=project_id,
-        query=json.dumps(query),
-        fields="task_only",
-        include="id",
-        page_size=1,
-    )
-    return int(getattr(pager.response, "total", None) or 0)
+        items.append(Filters.item(Column.updated_at, Operator.GREATER, Type.Datetime, Filters.value(_dm_time(since))))
+    return _count_tasks(ls, project_id, f"count completed tasks of project {project_id}", items)
 
 
 def _project_id(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpec) -> int | None:
@@ -194,7 +264,11 @@ def _project_id(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpe
 
 
 def count_new_completed(db: Database, ls: LabelStudio, settings: Settings, spec: TaskSpec) -> int:
-    """Completed tasks of the spec's project since the last sync watermark (for the sensor)."""
+    """Completed tasks of the spec's project changed after the newest one synced: what the next sync will pick up.
+
+    A hint, not the sync's own read: a task stamped before the watermark but committed after the
+    last sync read is not counted here, and is read by the next sync whatever starts it (its
+    cursor, :class:`Settled`, still lies before that task)."""
     pid = _project_id(db, ls, settings, spec)
     if pid is None:
         return 0
@@ -390,7 +464,7 @@ def _new_annotations(
     breaks the spec becomes an ``annotation_rejects`` row with the reason instead, and the
     versions after it go on. A version seen before (synced or rejected) is skipped.
     """
-    ann_ids = [int(a["id"]) for t in tasks for a in (t.annotations or [])]
+    ann_ids = [int(a["id"]) for t in tasks for a in (t.get("annotations") or [])]
     known = {
         (a_id, ts)
         for model in (Annotation, AnnotationReject)
@@ -401,11 +475,11 @@ def _new_annotations(
     new: dict[int, list[Annotation]] = {}
     for t in tasks:
         stats.tasks_seen += 1
-        rt = rts.get(str((t.data or {}).get("external_id")))
+        rt = rts.get(str((t.get("data") or {}).get("external_id")))
         if rt is None:
             stats.foreign_tasks += 1
             continue
-        for a in t.annotations or []:
+        for a in t.get("annotations") or []:
             key = (int(a["id"]), parse_ts(a["updated_at"]))
             if key in known:
                 stats.annotations_known += 1
@@ -418,13 +492,13 @@ def _new_annotations(
                 try:
                     record = convert_annotation(spec, rt, raw, ctx)
                 except convert.AnnotationError as e:
-                    reason = f"task {t.id}, annotation {key[0]}: {e}"
+                    reason = f"task {t['id']}, annotation {key[0]}: {e}"
                     log.warning("%s: rejected %s", spec.name, reason)
                     s.add(
                         AnnotationReject(
                             spec=spec.name,
                             ls_project_id=project_id,
-                            ls_task_id=int(t.id),
+                            ls_task_id=int(t["id"]),
                             ls_annotation_id=key[0],
                             ls_updated_at=key[1],
                             review_task_id=rt.id,
@@ -438,7 +512,7 @@ def _new_annotations(
             row = Annotation(
                 review_task_id=rt.id,
                 ls_annotation_id=key[0],
-                ls_task_id=int(t.id),
+                ls_task_id=int(t["id"]),
                 ls_updated_at=key[1],
                 is_latest=False,
                 was_cancelled=cancelled,
@@ -479,7 +553,7 @@ def _history(s: Session, new: dict[int, list[Annotation]]) -> set[int]:
 
 
 def _sync_page(s: Session, spec: TaskSpec, tasks: list[Any], users: _Users, stats: SyncStats, project_id: int) -> None:
-    ext_ids = [str((t.data or {}).get("external_id")) for t in tasks]
+    ext_ids = [str((t.get("data") or {}).get("external_id")) for t in tasks]
     rts = {rt.external_id: rt for rt in s.scalars(select(ReviewTask).where(ReviewTask.external_id.in_(ext_ids)))}
     if not rts:
         stats.tasks_seen += len(tasks)
@@ -505,14 +579,80 @@ def _sync_page(s: Session, spec: TaskSpec, tasks: list[Any], users: _Users, stat
             _apply_latest(s, spec, rt, latest, ctx, stats)
 
 
-def _advance(s: Session, key: str, project_id: int, watermark: dt.datetime | None) -> None:
+#: the cursor before the first sync: older than any task
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class Settled:
+    """Tracks, page by page, up to where every task has certainly been read: the next cursor.
+
+    A task's ``updated_at`` is stamped by the server before its transaction commits, so a task
+    stamped just before a page was read may commit just after and be missed; ``overlap_s`` bounds
+    that delay (``label_studio.sync_overlap_s``). Every task stamped at least ``overlap_s`` before
+    a page was read and falling in that page's range was in it. So after a page that started at
+    cursor ``c`` and was read at server time ``R``, what may be missing starts at
+    ``max(c, R - overlap_s)``, and only if that is below where the next page starts; the cursor
+    of the next sync is the smallest such start (or the start of the last page, moved up to its
+    read time less the overlap). A sync long after the last edit therefore leaves the cursor
+    *past* the newest task and the next sync reads nothing; a sync that runs while reviewers work
+    re-reads only the last ``overlap_s`` seconds before it (deduplicated by annotation id and
+    ``updated_at``). Without the server's clock (no ``Date`` header) it falls back to re-reading
+    ``overlap_s`` before the newest task read, as before.
+    """
+
+    def __init__(self, start: dt.datetime | None, overlap_s: float) -> None:
+        self.start = start or _EPOCH
+        self.overlap = dt.timedelta(seconds=overlap_s)
+        self.gap: dt.datetime | None = None  # smallest start of what may be missing so far
+        self.clock = True
+
+    def _missing_from(self, cursor: dt.datetime | None, read_at: dt.datetime | None) -> dt.datetime:
+        c = cursor or _EPOCH
+        if read_at is None:
+            self.clock = False
+            return c
+        return max(c, read_at - self.overlap)
+
+    def page(self, cursor: dt.datetime | None, read_at: dt.datetime | None, nxt: dt.datetime) -> None:
+        """A full page that covered ``[cursor, nxt)``; ``nxt == cursor`` when it was all one
+        timestamp and the next page steps by page number (then all of it counts as unsure)."""
+        m = self._missing_from(cursor, read_at)
+        if nxt == cursor:
+            m = cursor or _EPOCH
+        if m < nxt or nxt == cursor:
+            self.gap = m if self.gap is None else min(self.gap, m)
+
+    def resume_point(self, nxt: dt.datetime) -> dt.datetime:
+        """The cursor to store after a full page, mid-run: nothing from ``nxt`` on is read yet."""
+        return nxt if self.gap is None else min(self.gap, nxt)
+
+    def final(
+        self, cursor: dt.datetime | None, read_at: dt.datetime | None, watermark: dt.datetime | None
+    ) -> dt.datetime | None:
+        """After the last (short) page: the cursor of the next sync."""
+        m = self._missing_from(cursor, read_at)
+        if not self.clock:  # no server clock: re-read the overlap before the newest task, as before
+            back = watermark - self.overlap if watermark is not None else _EPOCH
+            out = max(self.start, back)
+        else:
+            out = m if self.gap is None else min(self.gap, m)
+        return None if out == _EPOCH else out
+
+
+def _advance(s: Session, key: str, project_id: int, watermark: dt.datetime | None, cursor: dt.datetime | None) -> None:
     st = s.get(SyncState, key)
     if st is None:
         st = SyncState(key=key, watermark=None, detail={})
         s.add(st)
     if watermark is not None and (st.watermark is None or watermark > st.watermark):
         st.watermark = watermark
-    st.detail = {"project_id": project_id, "last_run": utcnow().isoformat()}
+    detail = {"project_id": project_id, "last_run": utcnow().isoformat()}
+    old = (st.detail or {}).get("cursor")
+    if cursor is not None and (old is None or cursor >= parse_ts(old)):
+        detail["cursor"] = cursor.isoformat()
+    elif old is not None:
+        detail["cursor"] = old
+    st.detail = detail
     st.updated_at = utcnow()
 
 
@@ -520,16 +660,28 @@ def _advance(s: Session, key: str, project_id: int, watermark: dt.datetime | Non
 
 
 def mark_deleted(db: Database, ls: LabelStudio, project_id: int) -> int:
-    """Review tasks whose Label Studio task no longer exists become ``deleted``."""
+    """Review tasks whose Label Studio task no longer exists become ``deleted``.
+
+    First one count: the project's tasks carrying an external id against our live rows in it.
+    Equal means none of ours is gone (unless, between two syncs, one was deleted *and* a copy of
+    another of ours made in the same project) and nothing more is read; otherwise every task id
+    of the project is read and compared.
+    """
+    live_states = (STATUS_IMPORTED, STATUS_COMPLETED, STATUS_SKIPPED)
+    mine = (ReviewTask.ls_project_id == project_id, ReviewTask.status.in_(live_states))
+    with db.session() as s:
+        ours = int(s.scalar(select(func.count(ReviewTask.id)).where(*mine)) or 0)
+    there = _count_tasks(
+        ls,
+        project_id,
+        f"count tasks with an external id in project {project_id}",
+        [Filters.item(Column.data("external_id"), Operator.EMPTY, Type.String, False)],
+    )
+    if there == ours:
+        return 0
     live = live_task_ids(ls, project_id)
     with db.session() as s:
-        rows = s.scalars(
-            select(ReviewTask).where(
-                ReviewTask.ls_project_id == project_id,
-                ReviewTask.status.in_((STATUS_IMPORTED, STATUS_COMPLETED, STATUS_SKIPPED)),
-            )
-        )
-        gone = [rt for rt in rows if rt.ls_task_id not in live]
+        gone = [rt for rt in s.scalars(select(ReviewTask).where(*mine)) if rt.ls_task_id not in live]
         for rt in gone:
             rt.status = STATUS_DELETED
         s.commit()
@@ -554,32 +706,49 @@ def sync_project(
         return stats
     key = sync_key(pid)
     watermark = get_watermark(db, key)
-    cursor = watermark - dt.timedelta(seconds=lss.sync_overlap_s) if watermark else None
+    cursor = get_cursor(db, key, lss.sync_overlap_s)
+    settled = Settled(cursor, lss.sync_overlap_s)
     users = _Users(ls)
     seen: set[tuple[int, dt.datetime]] = set()
-    page = 1
-    while True:
-        tasks = _task_page(ls, pid, cursor, page, lss.sync_page_size)
-        stamps = [(int(t.id), parse_ts(t.updated_at)) for t in tasks]
-        fresh = [t for t, st in zip(tasks, stamps, strict=True) if st not in seen]
-        newest = max((ts for _, ts in stamps), default=None)
-        if newest is not None and (watermark is None or newest > watermark):
-            watermark = newest
-        with db.session() as s:
-            _sync_page(s, spec, fresh, users, stats, pid)
-            _advance(s, key, pid, watermark)
-            s.commit()  # the watermark moves only together with what it covers
-        seen.update(stamps)
-        if len(tasks) < lss.sync_page_size:
-            break
-        last = stamps[-1][1]
-        if cursor is None or last > cursor:
-            cursor, page = last, 1
-        else:  # a full page of identical timestamps: step through them by page number
-            page += 1
+    page, size = 1, lss.sync_page_size
+    # the next page is read while this one is written to the curation DB (Label Studio
+    # serialises, we convert and commit: two processes at once); pages are still applied in order
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-sync") as pool:
+        pending = pool.submit(_task_page, ls, pid, cursor, page, size)
+        while True:
+            read = pending.result()
+            tasks = read.tasks
+            stamps = [(int(t["id"]), parse_ts(t["updated_at"])) for t in tasks]
+            newest = max((ts for _, ts in stamps), default=None)
+            if newest is not None and (watermark is None or newest > watermark):
+                watermark = newest
+            full = len(tasks) >= size
+            nxt_cursor, nxt_page = cursor, page
+            if full:
+                last = stamps[-1][1]
+                if cursor is None or last > cursor:
+                    nxt_cursor, nxt_page = last, 1
+                else:  # a full page of identical timestamps: step through them by page number
+                    nxt_page = page + 1
+                settled.page(cursor, read.read_at, last)
+                pending = pool.submit(_task_page, ls, pid, nxt_cursor, nxt_page, size)
+                resume: dt.datetime | None = settled.resume_point(last)
+            else:
+                resume = settled.final(cursor, read.read_at, watermark)
+            fresh = [t for t, st in zip(tasks, stamps, strict=True) if st not in seen]
+            with db.session() as s:
+                if fresh:
+                    _sync_page(s, spec, fresh, users, stats, pid)
+                _advance(s, key, pid, watermark, resume)
+                s.commit()  # the watermark and cursor move only together with what they cover
+            seen.update(stamps)
+            if not full:
+                break
+            cursor, page = nxt_cursor, nxt_page
     if detect_deleted:
         stats.deleted = mark_deleted(db, ls, pid)
     stats.watermark = watermark
+    stats.cursor = get_cursor(db, key, lss.sync_overlap_s)
     stats.seconds = time.perf_counter() - t0
     log.info("sync %s: %s", spec.name, stats.as_dict())
     return stats

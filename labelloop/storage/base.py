@@ -103,6 +103,15 @@ class ObjectStore(abc.ABC):
 
         return BatchWriter(self, workdir)
 
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        """Make ``dst`` hold the bytes of ``src`` (atomically, like ``put``).
+
+        Stores override this with something cheaper than reading and writing the bytes: a hard
+        link on a local folder, a server-side copy on S3. Both only suit immutable objects (a hard
+        link shares the file), which is all the export uses it for (content-addressed images).
+        """
+        return self.put(dst, self.get(src))
+
     def put_text(self, key: str, text: str, content_type: str = "text/plain; charset=utf-8") -> ObjectInfo:
         return self.put(key, text.encode("utf-8"), content_type=content_type)
 
@@ -139,7 +148,11 @@ def publish(
         got = store.stat(f"{prefix}/{name}")
         if got.size != size:
             raise StorageError(f"{prefix}/{name}: stored {got.size} bytes, expected {size}")
-    return store.put(f"{prefix}/{manifest_name}", make_manifest(checksums), content_type="application/json")
+    manifest = make_manifest(checksums)
+    key = f"{prefix}/{manifest_name}"
+    if isinstance(manifest, Path):
+        return store.put_file(key, manifest, content_type="application/json")
+    return store.put(key, manifest, content_type="application/json")
 
 
 def _sha256_file(path: Path) -> str:

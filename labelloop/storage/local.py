@@ -7,6 +7,7 @@ import mimetypes
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -128,3 +129,24 @@ class LocalStore(ObjectStore):
         from labelloop.storage.batch import LocalBatchWriter
 
         return LocalBatchWriter(self, self.root / ".tmp-staging")
+
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        """A hard link (no bytes written), made under a temporary name and renamed into place so
+        ``dst`` appears atomically; a plain copy where the filesystem refuses links."""
+        source, dest = self._path(src), self._path(dst)
+        if not source.is_file():
+            raise ObjectNotFound(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".tmp-link-{os.getpid()}-{threading.get_ident()}-{dest.name}"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(source, tmp)
+        except OSError:  # another filesystem, or links not allowed: copy the bytes
+            tmp.unlink(missing_ok=True)
+            return self.put_file(dst, source)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self.stat(dst)

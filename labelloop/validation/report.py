@@ -41,7 +41,7 @@ def _failure_item(f: dict[str, Any]) -> str:
     return f"<li>{escape(f['rule'])}: {_fmt(f.get('observed'))}{where}{box}</li>"
 
 
-def _quarantine_table(quarantined: Sequence[tuple[int, str, list[dict[str, Any]]]]) -> str:
+def _quarantine_table(quarantined: Sequence[tuple[int, str, list[dict[str, Any]]]], total: int) -> str:
     if not quarantined:
         return "<p>None.</p>"
     rows = []
@@ -49,7 +49,7 @@ def _quarantine_table(quarantined: Sequence[tuple[int, str, list[dict[str, Any]]
         items = "".join(_failure_item(f) for f in failures)
         sha_cell = f"<code>{escape(sha[:16])}</code>"
         rows.append(f"<tr><td class='n'>{record_id}</td><td>{sha_cell}</td><td><ul>{items}</ul></td></tr>")
-    more = len(quarantined) - MAX_LISTED
+    more = max(total, len(quarantined)) - min(len(quarantined), MAX_LISTED)
     tail = f'<p class="muted">… and {more} more (see the quarantine table).</p>' if more > 0 else ""
     head = "<table><tr><th>record</th><th>item sha256</th><th>failures</th></tr>"
     return head + "".join(rows) + "</table>" + tail
@@ -68,7 +68,8 @@ def render_report(
     results: Sequence[CheckResult],
     quarantined: Sequence[tuple[int, str, list[dict[str, Any]]]],
 ) -> str:
-    """The whole report; ``quarantined`` is (record id, item sha, failures) per failed record."""
+    """The whole report; ``quarantined`` is (record id, item sha, failures) per failed record, the
+    first :data:`MAX_LISTED` of the ``n_failed`` at least (validation streams, so it keeps no more)."""
     share = n_failed / n_records if n_records else 0.0
     verdict = "pass" if passed_gate else "fail"
     head = (
@@ -92,7 +93,7 @@ def render_report(
         "<h2>Checks</h2><table><tr><th>rule</th><th>table</th><th>column</th><th>expectation</th>"
         "<th>rows</th><th>failing rows</th><th></th></tr>" + "".join(rows) + "</table>"
     )
-    quarantine = "<h2>Quarantined records</h2>" + _quarantine_table(quarantined)
+    quarantine = "<h2>Quarantined records</h2>" + _quarantine_table(quarantined, n_failed)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>labelloop validation {escape(spec)} #{run_id}</title><style>{_CSS}</style></head>"

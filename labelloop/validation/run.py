@@ -4,18 +4,26 @@ One run: a ``validation_runs`` row is created first (its id names the report), r
 streamed from the DB into frames, GX checks them, failing records go to ``quarantine`` with the
 expectations they broke, and the run row gets the counts, the gate verdict and the report key.
 
-The run also stores a *passing snapshot* (``{record id: record hash}``) next to its report. Export
-takes exactly those records and only while their content is unchanged, so a record edited after
-validation is never exported unvalidated: it waits for the next run.
+The run also stores a *passing snapshot* (``<record id>\t<record hash>`` lines in id order) next to
+its report. Export takes exactly those records and only while their content is unchanged, so a
+record edited after validation is never exported unvalidated: it waits for the next run.
+
+Records stream in chunks (``VALIDATION_CHUNK``): each chunk is flattened, checked by the same GX
+validation definitions, quarantined and appended to the snapshot, then dropped, so peak memory
+does not grow with the number of records. A failed gate names its first failing records and the
+report (:func:`gate_message`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -24,14 +32,18 @@ from labelloop.config import Settings
 from labelloop.db import Database, Item, Quarantine, Record, ValidationRun
 from labelloop.db.types import utcnow
 from labelloop.specs import TaskSpec
-from labelloop.storage import ObjectStore
+from labelloop.storage import ObjectNotFound, ObjectStore
 from labelloop.validation.canonical import record_hash
 from labelloop.validation.frames import Flattener, RecordRow
-from labelloop.validation.gx_runner import CheckResult, run_checks
-from labelloop.validation.report import render_report
+from labelloop.validation.gx_runner import CheckResult, CheckRunner
+from labelloop.validation.report import MAX_LISTED, render_report
 from labelloop.validation.suite import build_checks
 
 STREAM_BATCH = 2000
+#: records flattened and checked at a time: memory is bounded by this, not by the spec's size
+VALIDATION_CHUNK = 20_000
+#: failing records the gate's message names (the report lists up to MAX_LISTED)
+GATE_EXAMPLES = 10
 
 
 class QualityGateError(RuntimeError):
@@ -49,7 +61,10 @@ class ValidationSummary:
     passed_gate: bool
     report_key: str
     passed_key: str
+    report_uri: str = ""
     failed_checks: dict[str, int] = field(default_factory=dict)
+    #: the first failing records (id, item sha256, rules broken), for the gate's message
+    failed_examples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +76,11 @@ def report_key(spec: str, run_id: int) -> str:
 
 
 def passed_key(spec: str, run_id: int) -> str:
+    """The passing snapshot: one ``<record id>\t<record hash>`` line per record, in id order."""
+    return f"reports/validation/{spec}/{run_id}.passed.tsv"
+
+
+def _legacy_passed_key(spec: str, run_id: int) -> str:
     return f"reports/validation/{spec}/{run_id}.passed.json"
 
 
@@ -112,6 +132,37 @@ def collect_failures(results: list[CheckResult]) -> dict[int, list[dict[str, Any
     return failures
 
 
+def _chunks(rows: Iterator[tuple[RecordRow, str]], size: int) -> Iterator[list[tuple[RecordRow, str]]]:
+    chunk: list[tuple[RecordRow, str]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Totals:
+    """Per-check results summed over the chunks (the report needs counts, not rows)."""
+
+    def __init__(self) -> None:
+        self.by_check: dict[str, CheckResult] = {}
+
+    def add(self, results: list[CheckResult]) -> None:
+        for r in results:
+            t = self.by_check.get(r.check.check)
+            if t is None:
+                self.by_check[r.check.check] = CheckResult(r.check, r.success, r.element_count, r.unexpected_count)
+            else:
+                t.success = t.success and r.success
+                t.element_count += r.element_count
+                t.unexpected_count += r.unexpected_count
+
+    def results(self, checks: list[Any]) -> list[CheckResult]:
+        return [self.by_check[c.check] for c in checks if c.check in self.by_check]
+
+
 def validate_spec(
     db: Database,
     store: ObjectStore,
@@ -119,8 +170,14 @@ def validate_spec(
     spec: TaskSpec,
     *,
     max_failed_share: float | None = None,
+    chunk_size: int = VALIDATION_CHUNK,
 ) -> ValidationSummary:
-    """Validate all records of ``spec``; see the module docstring for what is written where."""
+    """Validate all records of ``spec``; see the module docstring for what is written where.
+
+    Records stream through in chunks of ``chunk_size``: each chunk is flattened, checked by the
+    same GX validation definitions, its failures quarantined and its passing records appended to
+    the snapshot, then dropped, so memory stays flat in the number of records.
+    """
     t0 = time.perf_counter()
     limit = settings.export.max_failed_share if max_failed_share is None else max_failed_share
     with db.transaction() as s:
@@ -129,26 +186,48 @@ def validate_spec(
         s.flush()
         run_id, started_at = run.id, run.started_at
 
-    flat = Flattener(spec)
-    hashes: dict[int, str] = {}
-    shas: dict[int, str] = {}
-    for row, h in iter_record_rows(db, spec.name):
-        flat.add(row)
-        hashes[row.record_id] = h
-        shas[row.record_id] = row.item_sha
-    frames = flat.frames()
-    del flat  # its column lists are as large as the frames
-    results = run_checks(frames, build_checks(spec))
-    failures = collect_failures(results)
+    checks = build_checks(spec)
+    runner = CheckRunner(checks)
+    totals = _Totals()
+    listed: list[tuple[int, str, list[dict[str, Any]]]] = []  # the report's quarantine table
+    n_records = n_failed = n_parts = 0
+    with tempfile.TemporaryDirectory(prefix="labelloop-validate-") as tmp:
+        snapshot = Path(tmp) / "passed.tsv"
+        with snapshot.open("w", encoding="ascii") as passed:
+            for chunk in _chunks(iter_record_rows(db, spec.name), chunk_size):
+                flat = Flattener(spec)
+                for row, _h in chunk:
+                    flat.add(row)
+                frames = flat.frames()
+                del flat  # its column lists are as large as the frames
+                n_parts += len(frames["parts"]) if "parts" in frames else 0
+                results = runner.run(frames)
+                del frames
+                totals.add(results)
+                failures = collect_failures(results)
+                rows = []
+                for row, h in chunk:
+                    rid = row.record_id
+                    if rid in failures:
+                        rows.append(
+                            {"validation_run_id": run_id, "record_id": rid, "record_hash": h, "failures": failures[rid]}
+                        )
+                        if len(listed) < MAX_LISTED:
+                            listed.append((rid, row.item_sha, failures[rid]))
+                    else:
+                        passed.write(f"{rid}\t{h}\n")
+                if rows:
+                    with db.transaction() as s:
+                        for i in range(0, len(rows), 1000):
+                            s.execute(insert(Quarantine), rows[i : i + 1000])
+                n_records += len(chunk)
+                n_failed += len(rows)
+        store.put_file(passed_key(spec.name, run_id), snapshot, content_type="text/tab-separated-values")
 
-    n_records, n_failed = len(hashes), len(failures)
     share = n_failed / n_records if n_records else 0.0
-    passed = share <= limit
+    passed_gate = share <= limit
     finished_at = utcnow()
-
-    passing = {str(rid): h for rid, h in hashes.items() if rid not in failures}
-    store.put(passed_key(spec.name, run_id), json.dumps(passing).encode(), content_type="application/json")
-    quarantined = [(rid, shas[rid], failures[rid]) for rid in sorted(failures)]
+    results = totals.results(checks)
     html = render_report(
         spec=spec.name,
         run_id=run_id,
@@ -157,9 +236,9 @@ def validate_spec(
         n_records=n_records,
         n_failed=n_failed,
         max_failed_share=limit,
-        passed_gate=passed,
+        passed_gate=passed_gate,
         results=results,
-        quarantined=quarantined,
+        quarantined=listed,
     )
     rkey = report_key(spec.name, run_id)
     store.put_text(rkey, html, content_type="text/html; charset=utf-8")
@@ -177,26 +256,25 @@ def validate_spec(
         }
         for r in results
     ]
+    examples = [
+        {"record_id": rid, "item_sha256": sha, "rules": sorted({f["rule"] for f in fs})}
+        for rid, sha, fs in listed[:GATE_EXAMPLES]
+    ]
     with db.transaction() as s:
-        rows = [
-            {"validation_run_id": run_id, "record_id": rid, "record_hash": hashes[rid], "failures": f}
-            for rid, _sha, f in quarantined
-        ]
-        for i in range(0, len(rows), 1000):
-            s.execute(insert(Quarantine), rows[i : i + 1000])
         run = s.get(ValidationRun, run_id)
         assert run is not None
         run.finished_at = finished_at
         run.n_records = n_records
         run.n_failed = n_failed
-        run.passed_gate = passed
+        run.passed_gate = passed_gate
         run.report_key = rkey
         run.statistics = {
             "failed_share": share,
             "max_failed_share": limit,
             "passed_key": passed_key(spec.name, run_id),
-            "n_parts": len(frames["parts"]) if "parts" in frames else 0,
+            "n_parts": n_parts,
             "checks": checks_stats,
+            "failed_examples": examples,
         }
     return ValidationSummary(
         validation_run_id=run_id,
@@ -205,26 +283,67 @@ def validate_spec(
         n_failed=n_failed,
         failed_share=share,
         max_failed_share=limit,
-        passed_gate=passed,
+        passed_gate=passed_gate,
         report_key=rkey,
         passed_key=passed_key(spec.name, run_id),
+        report_uri=store.uri(rkey),
         failed_checks={r.check.check: r.unexpected_count for r in results if not r.success},
+        failed_examples=examples,
         seconds=time.perf_counter() - t0,
     )
 
 
+def gate_message(s: dict[str, Any]) -> str:
+    """Why the gate failed: the counts, the first failing records with the rules they broke, and
+    where the full report is (its URI when known, else its key in the object store)."""
+    examples = s.get("failed_examples") or []
+    named = "; ".join(
+        f"record {e['record_id']} (item {str(e.get('item_sha256') or '')[:12]}): {', '.join(e['rules'])}"
+        for e in examples
+    )
+    more = s["n_failed"] - len(examples)
+    tail = f"; and {more} more" if examples and more > 0 else ""
+    return (
+        f"quality gate failed for {s['spec']} (validation run {s['validation_run_id']}): {s['n_failed']} of "
+        f"{s['n_records']} records ({s['failed_share']:.2%}) failed validation, more than the allowed "
+        f"{s['max_failed_share']:.2%}"
+        + (f". Failing: {named}{tail}" if named else "")
+        + f". Report: {s.get('report_uri') or s['report_key']}"
+    )
+
+
 def check_gate(summary: ValidationSummary | dict[str, Any]) -> None:
-    """Raise :class:`QualityGateError` when the run failed its gate (say by how much)."""
+    """Raise :class:`QualityGateError` when the run failed its gate, naming the failing records
+    and the report."""
     s = summary if isinstance(summary, dict) else summary.as_dict()
     if not s["passed_gate"]:
-        raise QualityGateError(
-            f"quality gate failed for {s['spec']}: {s['n_failed']} of {s['n_records']} records "
-            f"({s['failed_share']:.2%}) failed validation, more than the allowed "
-            f"{s['max_failed_share']:.2%}; see {s['report_key']}"
-        )
+        raise QualityGateError(gate_message(s))
+
+
+def iter_passing(store: ObjectStore, spec: str, run_id: int) -> Iterator[tuple[int, str]]:
+    """The passing snapshot of a run, (record id, record hash) in id order, streamed from the
+    store (runs from before the streamed format: their JSON object, sorted)."""
+    key = passed_key(spec, run_id)
+    try:
+        local = store.local_path(key)
+        if local is not None and local.is_file():
+            yield from _read_tsv(local)
+            return
+        with tempfile.TemporaryDirectory(prefix="labelloop-passed-") as tmp:
+            path = store.get_file(key, Path(tmp) / "passed.tsv")
+            yield from _read_tsv(path)
+    except ObjectNotFound:
+        data = json.loads(store.get(_legacy_passed_key(spec, run_id)))
+        yield from sorted((int(k), v) for k, v in data.items())
+
+
+def _read_tsv(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open(encoding="ascii") as f:
+        for line in f:
+            rid, h = line.rstrip("\n").split("\t")
+            yield int(rid), h
 
 
 def load_passing(store: ObjectStore, spec: str, run_id: int) -> dict[int, str]:
-    """The passing snapshot of a run: {record id: record hash}."""
-    data = json.loads(store.get(passed_key(spec, run_id)))
-    return {int(k): v for k, v in data.items()}
+    """The passing snapshot of a run as a dict: {record id: record hash} (small runs, tests)."""
+    return dict(iter_passing(store, spec, run_id))

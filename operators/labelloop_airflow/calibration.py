@@ -20,6 +20,7 @@ class CalibrateOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from labelloop.calibration import DriftDetected, calibrate
+        from labelloop.calibration.overview import calibration_overview
         from labelloop.calibration.report import write_report
         from labelloop.db import Database
         from labelloop.storage import open_store
@@ -31,7 +32,9 @@ class CalibrateOperator(BaseOperator):
             result = calibrate(db, settings.calibration, raise_on_drift=False)
             report = None
             if self.write_report:
-                report = write_report(db, open_store(settings.storage), result, settings.calibration.target_error)
+                overview = calibration_overview(db, settings.calibration, settings.routing)
+                store = open_store(settings.storage)
+                report = write_report(db, store, result, settings.calibration.target_error, overview=overview)
         finally:
             db.dispose()
         summary = {**result.as_dict(), "report": report}
@@ -45,6 +48,8 @@ class CalibrateOperator(BaseOperator):
                 f["threshold"],
                 f["n_samples"],
             )
+        for st in result.statements:
+            self.log.info("%s: %s", st.title, " ".join(st.lines()[:1] + st.lines()[2:]))
         if result.drift:
             raise AirflowFailException(str(DriftDetected(result.drift)))
         return summary

@@ -3,6 +3,12 @@
 Everything it needs ships in its wheels (the layout model in pymupdf-layout, the OCR models in
 rapidocr), so a laptop or an air-gapped worker can pre-label documents. The heavy work runs in a
 worker thread so the runner's event loop keeps other items moving.
+
+Office and web documents (DOCX, PPTX, XLSX, ODF, EPUB, HTML) are rendered to PDF first with the same
+LibreOffice conversion the MinerU backend uses (:func:`labelloop.documents.office.to_pdf`), so their
+pages have geometry and page images and go down the PDF path; the renderer and its version go into
+the record's provenance (``confidence_detail.office``). A conversion that fails or times out is a
+failed prediction with LibreOffice's reason, never a raise.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 from labelloop.config import Settings
 from labelloop.db.models import Item
+from labelloop.documents import office
 from labelloop.documents.pymupdf_layout import PyMuPDFLayoutAnalyzer, versions
 from labelloop.prelabel.base import PredictionResult
 from labelloop.prelabel.documents.common import DocumentBackend, build_result, close, guarded
@@ -30,6 +37,9 @@ class PyMuPDFLayoutBackend(DocumentBackend):
         self.model_version = f"pymupdf4llm-{v['pymupdf4llm']}+layout-{v['pymupdf_layout']}+rapidocr-{v['rapidocr']}"
         self._analyzer: PyMuPDFLayoutAnalyzer | None = None
         self._analyzer_lock = threading.Lock()
+
+    #: seconds one LibreOffice conversion may take (a DOCX of hundreds of pages takes a minute)
+    office_timeout_s: float = 300.0
 
     def identity_config(self) -> dict[str, Any]:
         d = self.settings.documents
@@ -52,9 +62,17 @@ class PyMuPDFLayoutBackend(DocumentBackend):
         return await asyncio.to_thread(guarded, self.name, lambda: self._predict(item, data))
 
     def _predict(self, item: Item, data: bytes) -> PredictionResult:
+        extra: dict[str, Any] = {}
+        if item.ext in office.OFFICE_EXTS:
+            try:
+                data, extra["office"] = office.to_pdf(data, item.ext, timeout_s=self.office_timeout_s)
+            except office.OfficeError as e:
+                return PredictionResult.failed(str(e))
         doc, geoms, written = self.prepare(item, data)
         try:
             result = self.analyzer.analyze(doc, geoms)
         finally:
             close(doc)
-        return build_result(geoms, result.blocks, result.markdown, {**result.detail, "images_written": written})
+        return build_result(
+            geoms, result.blocks, result.markdown, {**result.detail, **extra, "images_written": written}
+        )

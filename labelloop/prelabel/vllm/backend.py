@@ -10,13 +10,18 @@ answer:
   (checked with jsonschema, behind a compiled fast path for the common valid case, see
   :mod:`labelloop.specs.schema_check`: a server that ignored the constraint must not slip records through)
   -> a *failed* prediction with the raw text and the reason, so the item goes to review;
-* HTTP errors left after the client's retries -> failed too, with the status and response body.
+* HTTP errors left after the client's retries -> failed too, with the status and response body;
+* a server that encoded another image size than the one sent (it resized again, so absolute boxes
+  are in an unknown frame) -> failed, see :mod:`.tokens`.
 
-Boxes come back in the model's convention (``settings.vllm.coordinate_mode``) and are stored in
-original pixels. Routing confidence per field is the joint probability of the value tokens for
-scalar fields (text, choice, box) and, for list fields (regions, objects), the minimum over
+Boxes come back in the model family's convention (:mod:`.family`: Qwen2.5-VL absolute pixels of the
+image as resized with factor 28, Qwen2-VL and Qwen3-VL 0-1000, Qwen3-VL resized with factor 32,
+each overridable) and are stored in original pixels. Routing confidence per field is
+``settings.vllm.confidence_aggregator`` over the value tokens (min token probability by default)
+for scalar fields (text, choice, box) and, for list fields (regions, objects), the minimum over
 elements (and over the list's closing decision); see :mod:`.confidence` for exactly which tokens
-count. Latency and token usage are stored per prediction.
+count and why that aggregator. Latency and token usage are stored per prediction, and every
+prediction's ``confidence_detail["identity"]`` lists the settings that made it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from labelloop.prelabel.qwen_resize import (
 )
 from labelloop.prelabel.vllm.client import ChatClient, ChatError, ChatResult, DataURL
 from labelloop.prelabel.vllm.confidence import field_confidences, parse_logprobs
+from labelloop.prelabel.vllm.family import ModelProfile, resolve_profile
+from labelloop.prelabel.vllm.tokens import check_image_tokens, remedy
 from labelloop.specs import TaskSpec
 from labelloop.specs.schema_check import Check, compile_check
 from labelloop.storage import ObjectStore
@@ -145,8 +152,13 @@ class VLLMBackend(Backend):
         self.store = store
         self.model = self.cfg.model
         self.model_version = self.cfg.model_version or self.cfg.model
+        #: family, box convention, resize factor and bounds; a model whose convention cannot be
+        #: told is refused here, before any request (ModelFamilyError)
+        self.profile: ModelProfile = resolve_profile(self.cfg)
         #: spec name -> (the schema object it was built from, its check); see _validator_for
         self._validators: dict[str, tuple[dict[str, Any], _SchemaCheck]] = {}
+        #: spec name -> (the spec object, its identity); see identity()
+        self._identities: dict[str, tuple[TaskSpec, dict[str, Any]]] = {}
         self._client: ChatClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -168,29 +180,53 @@ class VLLMBackend(Backend):
     def supports(self, spec: TaskSpec) -> bool:
         return spec.media in ("image", "video")
 
-    #: smart_resize's patch factor used on the client (Qwen2/2.5-VL: 28); part of the identity
-    resize_factor = 28
     #: sampling temperature of every request (greedy); part of the identity
     temperature = 0.0
 
+    @property
+    def resize_factor(self) -> int:
+        return self.profile.resize_factor
+
+    def identity(self, spec: TaskSpec) -> dict[str, Any]:
+        """Every setting that changes the answer or how it is read, besides model and version:
+        the prompt and schema, the box convention, the image sent (resize bounds, factor, JPEG
+        quality), the token limit, the temperature, the confidence aggregator (thresholds are on
+        its scale) and, for video, the frame sampling and request shape.
+
+        Cached per spec object: it goes into every prediction's detail, and the spec's prompt hash
+        serialises and hashes the prompt and schema each time it is asked."""
+        hit = self._identities.get(spec.name)
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        cfg, prof = self.cfg, self.profile
+        ident: dict[str, Any] = {
+            "prompt": spec.prompt_hash,
+            "family": prof.family,
+            "coordinate_mode": prof.coordinate_mode,
+            "min_pixels": prof.min_pixels,
+            "max_pixels": prof.max_pixels,
+            "resize_factor": prof.resize_factor,
+            "jpeg_quality": cfg.jpeg_quality,
+            "max_tokens": cfg.max_tokens,
+            "temperature": self.temperature,
+            "confidence_aggregator": cfg.confidence_aggregator,
+        }
+        if spec.media == "video":
+            ident["video"] = {
+                "family": cfg.video_family,
+                "fps": cfg.video_fps,
+                "min_frames": cfg.video_min_frames,
+                "max_frames": cfg.video_max_frames,
+                "total_pixels": cfg.video_total_pixels,
+            }
+        self._identities[spec.name] = (spec, ident)
+        return ident
+
     def prompt_hash(self, spec: TaskSpec) -> str:
-        """The spec's prompt and schema plus every setting that changes the answer or how it is
-        read: the coordinate convention, the client-side resize bounds and factor, the token limit
-        and the temperature. Changing any of them is a new prediction and new thresholds; keeping
-        the old ones would read new boxes with old conventions or trust old calibration."""
-        cfg = self.cfg
-        blob = json.dumps(
-            {
-                "prompt": spec.prompt_hash,
-                "coordinate_mode": cfg.coordinate_mode,
-                "min_pixels": cfg.min_pixels,
-                "max_pixels": cfg.max_pixels,
-                "resize_factor": self.resize_factor,
-                "max_tokens": cfg.max_tokens,
-                "temperature": self.temperature,
-            },
-            sort_keys=True,
-        )
+        """A hash of :meth:`identity`. Changing any part of it is a new prediction and new
+        thresholds; keeping the old ones would read new boxes with old conventions or trust old
+        calibration."""
+        blob = json.dumps(self.identity(spec), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def client(self) -> ChatClient:
@@ -232,9 +268,10 @@ class VLLMBackend(Backend):
     def _prepare(self, data: bytes) -> tuple[PreparedImage, DataURL]:
         img = prepare_image(
             data,
-            min_pixels=self.cfg.min_pixels,
-            max_pixels=self.cfg.max_pixels,
+            min_pixels=self.profile.min_pixels,
+            max_pixels=self.profile.max_pixels,
             jpeg_quality=self.cfg.jpeg_quality,
+            factor=self.profile.resize_factor,
         )
         # base64 as bytes: the client splices them into the request body without a str round trip
         return img, DataURL(img.mime, base64.b64encode(img.data))
@@ -249,7 +286,8 @@ class VLLMBackend(Backend):
         encoding (milliseconds) and big files go to the image threads.
         """
         if len(data) <= _INLINE_MAX_BYTES:
-            img = ready_as_is(data, min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels)
+            p = self.profile
+            img = ready_as_is(data, min_pixels=p.min_pixels, max_pixels=p.max_pixels, factor=p.resize_factor)
             if img is not None:
                 return img, DataURL(img.mime, base64.b64encode(img.data))
         return await asyncio.get_running_loop().run_in_executor(self.image_pool(), self._prepare, data)
@@ -288,6 +326,7 @@ class VLLMBackend(Backend):
                 logprobs=True,
                 top_logprobs=self.cfg.top_logprobs,
                 request_id=item.sha256,
+                extra_body={"return_token_ids": True} if self.cfg.return_token_ids else None,
             )
         except ChatError as e:
             return PredictionResult.failed(
@@ -302,15 +341,27 @@ class VLLMBackend(Backend):
     def _interpret(self, spec: TaskSpec, plan: ResizePlan, res: ChatResult, t0: float) -> PredictionResult:
         """Check the answer and turn it into a record in original pixels, or a failure."""
         content, finish_reason = res.content, res.finish_reason
+        prof = self.profile
         common: dict[str, Any] = {
             "raw_output": content,
             "latency_ms": _ms(t0),
             "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens,
         }
+        tokens = check_image_tokens(
+            plan,
+            prof.resize_factor,
+            [spec.prompt.strip()],
+            prompt_tokens=res.prompt_tokens,
+            prompt_token_ids=res.prompt_token_ids,
+            image_token_id=prof.image_token_id,
+        )
         meta = {
             "attempts": res.attempts,
-            "coordinate_mode": self.cfg.coordinate_mode,
+            "coordinate_mode": prof.coordinate_mode,
+            "aggregator": self.cfg.confidence_aggregator,
+            "identity": self.identity(spec),
+            "image_tokens": tokens.as_dict(),
             "resize": {
                 "width": plan.width,
                 "height": plan.height,
@@ -318,16 +369,22 @@ class VLLMBackend(Backend):
                 "orig_height": plan.orig_height,
             },
         }
+        if tokens.error is not None:
+            return PredictionResult.failed(
+                f"{tokens.error} {remedy(self.cfg.base_url)}", confidence_detail=meta, **common
+            )
         parsed, why = parse_answer(self._validator_for(spec), content, finish_reason)
         if why is not None:
             return PredictionResult.failed(why, confidence_detail=meta, **common)
         try:
-            record = map_boxes(parsed, spec, plan, self.cfg.coordinate_mode)
+            record = map_boxes(parsed, spec, plan, prof.coordinate_mode)
         except (TypeError, ValueError) as e:
             return PredictionResult.failed(f"bad box: {e}", confidence_detail=meta, **common)
         for name in spec.fields:
             record.setdefault(name, None)
-        routing, detail = field_confidences(content, parse_logprobs(res.logprobs), spec)
+        routing, detail = field_confidences(
+            content, parse_logprobs(res.logprobs), spec, aggregator=self.cfg.confidence_aggregator
+        )
         return PredictionResult(
             status="ok",
             record=record,

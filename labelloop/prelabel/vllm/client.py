@@ -140,6 +140,8 @@ class ChatResult:
     attempts: int
     model: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the prompt as token ids, when the request asked for them (vLLM's ``return_token_ids``)
+    prompt_token_ids: list[int] | None = field(default=None, repr=False)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -259,7 +261,11 @@ class ChatClient:
     async def list_models(self) -> list[str]:
         async with self._client().get(self._models_url, proxy=self._proxy) as resp:
             if resp.status >= 400:
-                raise ChatError(f"HTTP {resp.status} listing models", status=resp.status, body=await resp.text())
+                raise ChatError(
+                    f"HTTP {resp.status} listing models ({self._models_url})",
+                    status=resp.status,
+                    body=await resp.text(),
+                )
             data = _decode_json(await resp.read())
         return [m["id"] for m in data.get("data", [])]
 
@@ -394,6 +400,7 @@ class ChatClient:
             attempts=attempts,
             model=data.get("model"),
             raw=data,
+            prompt_token_ids=data.get("prompt_token_ids"),
         )
 
 

@@ -23,14 +23,32 @@ mean; they carry no information about correctness.
 
 Schema-forced tokens *inside* values (the tail of an enum choice once its first token is chosen,
 a closing quote forced by maxLength) are kept: we cannot tell them apart from free tokens without
-the grammar, and they do no harm to the figures we route on. A forced token has p ~ 1, so it
-leaves the joint probability (exp of the sum) and the min probability unchanged; only the mean
-is diluted, which is why the mean is reported for information and never used for routing.
+the grammar. A forced token has p ~ 1, so it leaves the joint probability (exp of the sum) and the
+min probability unchanged; only the geometric mean is diluted by it.
 
 Routing confidence per field (what :class:`~labelloop.prelabel.base.PredictionResult` carries):
-the joint probability of the value tokens for scalar fields (text, choice, box), and for list
-fields the minimum over elements of each element's joint probability and the closing decision,
-because one bad region is enough to need a review.
+the configured aggregator (``settings.vllm.confidence_aggregator``) over the value tokens for
+scalar fields (text, choice, box), and for list fields the minimum over elements of each
+element's score and the closing decision, because one bad region is enough to need a review.
+The three aggregators:
+
+* ``joint`` (product of the token probabilities): the probability of the exact string, which
+  shrinks with every token, so a long caption or OCR line whose every token is a sure paraphrase
+  or a 0.99 digit scores like a coin flip, and short fields look surer than they are;
+* ``geomean`` (exp of the mean logprob): length-free, but one wrong digit among forty sure
+  tokens barely moves it;
+* ``min`` (the least probable token): the weakest decision in the value, which is where a value
+  goes wrong, and no shrinking with length.
+
+Which one is the default is not a matter of taste: ``tests/test_vllm_confidence_sim.py`` simulates
+answers of many lengths with token logprobs and reviewer verdicts, over many seeds, and compares
+the aggregators' Brier scores and reliability diagrams; the default is the best calibrated one,
+and the test fails if that ever stops being true. The aggregator used is stored with every
+prediction (``confidence_detail["aggregator"]``) and is part of its identity (thresholds are
+on its scale).
+
+Unknown is 0: a field whose tokens cannot be found (absent, unaligned, no logprobs) scores 0 and
+goes to review, never 1.
 """
 
 from __future__ import annotations
@@ -46,6 +64,9 @@ from labelloop.prelabel.vllm.jsonspans import JSONSpanError, Node, parse_spans
 from labelloop.specs import TaskSpec
 
 LIST_KINDS = frozenset({"regions", "objects", "blocks", "events", "qa"})
+AGGREGATORS = ("min", "geomean", "joint")
+#: what ``settings.vllm.confidence_aggregator`` defaults to (see the module docstring)
+DEFAULT_AGGREGATOR = "min"
 _REPLACEMENT = "\ufffd"
 
 
@@ -76,6 +97,18 @@ class SpanScore:
 
     def as_dict(self) -> dict[str, float | int]:
         return {"joint": self.joint, "min": self.min, "mean": self.mean, "n_tokens": self.n_tokens}
+
+    def value(self, aggregator: str) -> float:
+        """The score under ``aggregator``; 0 when no token was found (unknown is review)."""
+        if not self.n_tokens:
+            return 0.0
+        if aggregator == "min":
+            return self.min
+        if aggregator == "geomean":
+            return self.mean
+        if aggregator == "joint":
+            return self.joint
+        raise ValueError(f"unknown confidence aggregator {aggregator!r}; known: {', '.join(AGGREGATORS)}")
 
 
 class TokenAlignmentError(ValueError):
@@ -201,30 +234,35 @@ def value_tokens(node: Node, index: _TokenIndex) -> set[int]:
     return set().union(set(), *(value_tokens(n, index) for n in node.members.values()))
 
 
-def _list_detail(node: Node, index: _TokenIndex) -> tuple[float, dict[str, Any]]:
+def _list_detail(node: Node, index: _TokenIndex, aggregator: str) -> tuple[float, dict[str, Any]]:
     elements = [index.score(value_tokens(el, index)) for el in node.items]
     close = index.score(index.overlapping(node.end - 1, node.end))
-    close_p = close.joint if close.n_tokens else 1.0
-    routing = min([e.joint for e in elements] + [close_p])
+    close_p = close.value(aggregator)  # one token (or none found: 0, unknown)
+    routing = min([e.value(aggregator) for e in elements] + [close_p])
     all_idx = value_tokens(node, index)
     whole = index.score(all_idx)
     detail = {
         **whole.as_dict(),
         "routing": routing,
         "close": close_p,
-        "elements": [{"joint": e.joint, "min": e.min, "n_tokens": e.n_tokens} for e in elements],
+        "elements": [
+            {"joint": e.joint, "min": e.min, "mean": e.mean, "n_tokens": e.n_tokens, "routing": e.value(aggregator)}
+            for e in elements
+        ],
     }
     return routing, detail
 
 
 def field_confidences(
-    text: str, tokens: Sequence[TokenLogprob], spec: TaskSpec
+    text: str, tokens: Sequence[TokenLogprob], spec: TaskSpec, *, aggregator: str = DEFAULT_AGGREGATOR
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """(routing confidence per field, detail per field) for the spec's fields.
 
     A field the answer lacks, or every field when the tokens cannot be aligned with the text,
     gets 0 so it goes to review; the detail says why.
     """
+    if aggregator not in AGGREGATORS:
+        raise ValueError(f"unknown confidence aggregator {aggregator!r}; known: {', '.join(AGGREGATORS)}")
     if not tokens:
         return {f: 0.0 for f in spec.fields}, {f: {"error": "no logprobs in the answer"} for f in spec.fields}
     try:
@@ -242,11 +280,11 @@ def field_confidences(
             routing[name], detail[name] = 0.0, {"error": "field absent from the answer"}
             continue
         if fspec.kind in LIST_KINDS and node.kind == "array":
-            routing[name], detail[name] = _list_detail(node, index)
+            routing[name], detail[name] = _list_detail(node, index, aggregator)
             continue
         score = index.score(value_tokens(node, index))
-        routing[name] = score.joint
-        detail[name] = {**score.as_dict(), "routing": score.joint}
+        routing[name] = score.value(aggregator)
+        detail[name] = {**score.as_dict(), "routing": routing[name]}
     return routing, detail
 
 

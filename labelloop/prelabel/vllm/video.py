@@ -160,6 +160,8 @@ def interpret(
     }
     meta = {
         "attempts": res.attempts,
+        "aggregator": backend.cfg.confidence_aggregator,
+        "identity": backend.identity(spec),
         "video": {
             "family": family,
             "frames": plan.nframes,
@@ -181,7 +183,9 @@ def interpret(
         )
     for name in spec.fields:
         record.setdefault(name, None)
-    routing, detail = field_confidences(content, parse_logprobs(res.logprobs), spec)
+    routing, detail = field_confidences(
+        content, parse_logprobs(res.logprobs), spec, aggregator=backend.cfg.confidence_aggregator
+    )
     return PredictionResult(
         status="ok", record=record, field_confidence=routing, confidence_detail={"fields": detail, **meta}, **common
     )

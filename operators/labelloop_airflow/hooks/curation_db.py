@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
+from pydantic import SecretStr
 
 from labelloop.config import Settings
 
@@ -38,4 +39,4 @@ class CurationDBHook(BaseHook):
         url = self.get_url()
         if url is None:
             return settings
-        return settings.model_copy(update={"db": settings.db.model_copy(update={"url": url})})
+        return settings.model_copy(update={"db": settings.db.model_copy(update={"url": SecretStr(url)})})

@@ -30,10 +30,14 @@ EXTRA_KEYS = (
     "retry_backoff_max_s",
     "max_tokens",
     "top_logprobs",
+    "model_family",
     "coordinate_mode",
+    "resize_factor",
     "min_pixels",
     "max_pixels",
     "jpeg_quality",
+    "return_token_ids",
+    "confidence_aggregator",
 )
 
 
@@ -63,7 +67,7 @@ class VLLMHook(BaseHook):
             "relabeling": {"host": "vLLM host", "port": "vLLM port", "schema": "scheme", "password": "API key"},
             "placeholders": {
                 "extra": '{"model": "Qwen/Qwen2.5-VL-7B-Instruct", "concurrency": 64, '
-                '"coordinate_mode": "absolute_resized"}'
+                '"model_family": "qwen2_5_vl"}'
             },
         }
 
