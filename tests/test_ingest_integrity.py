@@ -571,9 +571,10 @@ def test_batch_writer_publishes_on_commit_and_leaves_nothing_staged(
         assert list(staging.iterdir()) == []
 
 
-def test_two_ingests_of_one_folder_at_once_give_exact_counts(pg_url: str, tmp_path: Path) -> None:
+def test_two_ingests_of_one_folder_at_once_give_exact_counts(db_url: str, tmp_path: Path) -> None:
     """Overlapping runs (the prelabel DAG and the nightly): each batch that races the other is
-    redone row by row; nothing is duplicated or lost, and every row has its bytes."""
+    redone row by row; nothing is duplicated or lost, and every row has its bytes. On SQLite the
+    second writer waits for the lock (it used to fail with "database is locked")."""
     import threading
 
     src = tmp_path / "in"
@@ -584,10 +585,13 @@ def test_two_ingests_of_one_folder_at_once_give_exact_counts(pg_url: str, tmp_pa
         (src / f"dup{i:02d}.png").write_bytes(_png(16, 16, i * 7))
     settings = Settings(
         home=tmp_path / "home",
-        db=DatabaseSettings(url=pg_url),
+        db=DatabaseSettings(url=db_url),
         storage=StorageSettings(backend="local", root=tmp_path / "objects"),
     )
     settings = _with(settings, commit_every=25)
+    migrate = Database(settings.db)
+    migrate.upgrade()  # a new SQLite file: migrate before the race, not during it
+    migrate.dispose()
     start = threading.Barrier(2)
     results: list[object] = []
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import false, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -274,6 +274,7 @@ class Ingestor:
                     w.staged = None
             writer.commit()  # the batch's objects are durable before any row points at them
             try:
+                self._begin_write(s)
                 self._write_rows(s, todo, careful=False)
                 s.commit()
             except IntegrityError:
@@ -281,6 +282,7 @@ class Ingestor:
                 # batch's rows one at a time, each under a savepoint
                 log.info("an ingest batch raced another ingest; writing its %d rows one by one", len(todo))
                 s.rollback()
+                self._begin_write(s)
                 self._reset(todo)
                 # the other ingest may have recorded some of these names meanwhile
                 states = self._states(s, todo)
@@ -303,6 +305,17 @@ class Ingestor:
                 stats.reject_reasons[w.outcome.split(":", 1)[1]] += 1
             stats.unchanged += w.unchanged
             stats.new_aliases += w.new_alias
+
+    def _begin_write(self, s: Session) -> None:
+        """On SQLite, take the write lock before the first read of the transaction.
+
+        SQLite (WAL) cannot upgrade a transaction that has read to a writer once another
+        connection has committed since: it fails at once with "database is locked" instead of
+        waiting out the busy timeout. Two overlapping ingests hit exactly that. A write as the
+        first statement (an UPDATE that matches nothing) waits for the lock instead.
+        """
+        if self.db.dialect == "sqlite":
+            s.execute(update(SourceObject).where(false()).values(seen_at=SourceObject.seen_at))
 
     def _states(self, s: Session, batch: list[_Work]) -> dict[str, SourceObject]:
         keys = [w.key for w in batch]
