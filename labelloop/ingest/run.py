@@ -17,7 +17,8 @@ Files are handled in batches (``ingest.commit_every`` files or ``ingest.batch_by
    committed in one transaction. A crash loses at most the batch in flight, which the rerun redoes;
    no committed row ever points at bytes that are not in the store.
 
-Nothing is held per file beyond the current batch: memory is flat in the number of files.
+Batch k is read and probed while batch k-1 is published and committed (a two-stage pipeline), so
+nothing is held per file beyond those two batches: memory is flat in the number of files.
 Entries that are not read are never dropped silently: hidden names, unfollowed symlinks and
 non-files are counted and listed (``skipped``), symlink loops and unlistable folders are rejects.
 """
