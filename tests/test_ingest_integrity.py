@@ -619,3 +619,24 @@ def test_two_ingests_of_one_folder_at_once_give_exact_counts(db_url: str, tmp_pa
         assert _count(db, ItemAlias) == 420 and _count(db, SourceObject) == 420
     finally:
         db.dispose()
+
+
+def test_unreachable_s3_source_fails_loudly_naming_the_server_and_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from labelloop.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    port = free_port()  # nothing listens there
+    env = {
+        "LABELLOOP_HOME": str(tmp_path / "home"),
+        "LABELLOOP_DB__URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "LABELLOOP_STORAGE__ROOT": str(tmp_path / "objects"),
+        "LABELLOOP_STORAGE__ENDPOINT": f"127.0.0.1:{port}",
+    }
+    r = CliRunner().invoke(app, ["ingest", "s3://inbox/photos/"], env=env)
+    assert r.exit_code == 1, r.output
+    text = " ".join(r.output.split())
+    assert f"S3 source s3://inbox/photos/ at 127.0.0.1:{port} (step: check the bucket)" in text

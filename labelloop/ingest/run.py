@@ -391,7 +391,7 @@ class Ingestor:
             if _is_missing_object(e):  # listed, then deleted before we got to it
                 self._set_reject(w, "", f.size, Rejected(RejectReason.UNREADABLE, f"vanished: {e}"), remember=False)
                 return
-            raise IngestError(f"ingest: reading {f.uri} failed: {type(e).__name__}: {e}") from e
+            raise IngestError(f"ingest {f.uri} (step: download): {type(e).__name__}: {e}") from e
         stats.bytes_read += size
         if size > limit:
             writer.discard(staged)
