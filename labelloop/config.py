@@ -121,7 +121,7 @@ class IngestSettings(_Section):
         3840 * 2160, ge=1, description="Videos whose frames have more pixels (after rotation) are rejected."
     )
     commit_every: int = Field(
-        200,
+        500,
         ge=1,
         description="Files per ingest batch: their objects are made durable together, then their rows committed "
         "in one transaction (a crash loses at most one batch, which the rerun redoes).",

@@ -15,13 +15,16 @@ from labelloop.cli.app import Context, ExitCode, StepFailed, app, console, ensur
 
 def ingest_step(c: Context, source: str, *, limit: int | None = None, show_progress: bool = True) -> dict[str, Any]:
     """The same ``labelloop.ingest.ingest`` the Airflow ingest task runs; a missing source is exit 2."""
+    from labelloop.ingest import IngestError, open_source
     from labelloop.ingest import ingest as run_ingest
-    from labelloop.ingest import open_source
+    from labelloop.ingest.sources import SourceError
 
     try:
         src = open_source(source, c.settings.storage, c.settings.ingest.follow_symlinks)
     except (FileNotFoundError, ValueError) as e:
         raise StepFailed(ExitCode.USAGE, str(e)) from e
+    except SourceError as e:  # the S3 server cannot be reached: an error, not bad usage
+        raise StepFailed(ExitCode.ERROR, str(e)) from e
     ensure_db(c)
     with Progress(
         SpinnerColumn(),
@@ -45,7 +48,10 @@ def ingest_step(c: Context, source: str, *, limit: int | None = None, show_progr
             # skipped entries (hidden names, unfollowed links) are not files of the run
             bar.update(task, advance=0 if kind == "skipped" else 1, name=f.uri.rsplit("/", 1)[-1][:40], **counts)
 
-        stats = run_ingest(c.db, c.store, c.settings, src, limit=limit, progress=progress)
+        try:
+            stats = run_ingest(c.db, c.store, c.settings, src, limit=limit, progress=progress)
+        except (SourceError, IngestError) as e:  # committed batches stay; a rerun goes on from there
+            raise StepFailed(ExitCode.ERROR, str(e)) from e
     return stats.as_dict()
 
 

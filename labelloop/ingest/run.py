@@ -17,7 +17,8 @@ Files are handled in batches (``ingest.commit_every`` files or ``ingest.batch_by
    committed in one transaction. A crash loses at most the batch in flight, which the rerun redoes;
    no committed row ever points at bytes that are not in the store.
 
-Nothing is held per file beyond the current batch: memory is flat in the number of files.
+Batch k is read and probed while batch k-1 is published and committed (a two-stage pipeline), so
+nothing is held per file beyond those two batches: memory is flat in the number of files.
 Entries that are not read are never dropped silently: hidden names, unfollowed symlinks and
 non-files are counted and listed (``skipped``), symlink loops and unlistable folders are rejects.
 """
@@ -41,7 +42,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import false, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -274,12 +275,15 @@ class Ingestor:
                     w.staged = None
             writer.commit()  # the batch's objects are durable before any row points at them
             try:
+                self._begin_write(s)
                 self._write_rows(s, todo, careful=False)
                 s.commit()
             except IntegrityError:
                 # another ingest registered some of the same bytes or names meanwhile: redo the
                 # batch's rows one at a time, each under a savepoint
+                log.info("an ingest batch raced another ingest; writing its %d rows one by one", len(todo))
                 s.rollback()
+                self._begin_write(s)
                 self._reset(todo)
                 # the other ingest may have recorded some of these names meanwhile
                 states = self._states(s, todo)
@@ -302,6 +306,17 @@ class Ingestor:
                 stats.reject_reasons[w.outcome.split(":", 1)[1]] += 1
             stats.unchanged += w.unchanged
             stats.new_aliases += w.new_alias
+
+    def _begin_write(self, s: Session) -> None:
+        """On SQLite, take the write lock before the first read of the transaction.
+
+        SQLite (WAL) cannot upgrade a transaction that has read to a writer once another
+        connection has committed since: it fails at once with "database is locked" instead of
+        waiting out the busy timeout. Two overlapping ingests hit exactly that. A write as the
+        first statement (an UPDATE that matches nothing) waits for the lock instead.
+        """
+        if self.db.dialect == "sqlite":
+            s.execute(update(SourceObject).where(false()).values(seen_at=SourceObject.seen_at))
 
     def _states(self, s: Session, batch: list[_Work]) -> dict[str, SourceObject]:
         keys = [w.key for w in batch]
@@ -376,7 +391,7 @@ class Ingestor:
             if _is_missing_object(e):  # listed, then deleted before we got to it
                 self._set_reject(w, "", f.size, Rejected(RejectReason.UNREADABLE, f"vanished: {e}"), remember=False)
                 return
-            raise IngestError(f"ingest: reading {f.uri} failed: {type(e).__name__}: {e}") from e
+            raise IngestError(f"ingest {f.uri} (step: download): {type(e).__name__}: {e}") from e
         stats.bytes_read += size
         if size > limit:
             writer.discard(staged)

@@ -48,6 +48,10 @@ class SourceFile:
     detail: str = ""
 
 
+class SourceError(RuntimeError):
+    """The source as a whole failed (server unreachable, listing broken): names where and the step."""
+
+
 class Source:
     """A place files are read from; see :func:`open_source`."""
 
@@ -180,12 +184,27 @@ class S3Source(Source):
             secure=storage.secure,
             region=storage.region,
         )
-        if not self.client.bucket_exists(self.bucket):
+        self.endpoint = storage.endpoint
+        try:
+            exists = self.client.bucket_exists(self.bucket)
+        except Exception as e:  # connection refused, TLS, auth: name the server and the step
+            raise SourceError(self._where("check the bucket", e)) from e
+        if not exists:
             raise FileNotFoundError(f"source bucket {self.bucket!r} does not exist at {storage.endpoint}")
         self.description = uri
 
+    def _where(self, step: str, e: BaseException) -> str:
+        return f"S3 source s3://{self.bucket}/{self.prefix} at {self.endpoint} (step: {step}): {type(e).__name__}: {e}"
+
     def files(self) -> Iterator[SourceFile]:
-        for obj in self.client.list_objects(self.bucket, prefix=self.prefix, recursive=True):
+        listing = self.client.list_objects(self.bucket, prefix=self.prefix, recursive=True)
+        while True:
+            try:
+                obj = next(listing)
+            except StopIteration:
+                return
+            except Exception as e:  # the server went away mid-listing: the run fails, loudly
+                raise SourceError(self._where("list objects", e)) from e
             name = obj.object_name or ""
             if obj.is_dir or not name:
                 continue
