@@ -114,17 +114,28 @@ def test_a_self_contained_version_links_its_images(sqlite_db: Database, tmp_path
     assert check_dataset(folder / "qwen_train.json", folder)[1] == []
 
 
-def test_a_raw_file_that_does_not_match_its_sha256_is_refused(sqlite_db: Database, tmp_path: Path) -> None:
+def test_a_raw_file_that_changed_since_ingest_is_refused(sqlite_db: Database, tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     store = LocalStore(settings.storage.root)
     vehicle_items(sqlite_db, store, 2)
     bad = add_item(sqlite_db, store, image_bytes(1000, 750, seed=55))
     bad_id = add_record(sqlite_db, bad, "vehicle_extraction", dict(VEHICLE_OK))
-    store.put(bad.storage_key, image_bytes(1000, 750, seed=56))  # silently replaced on disk
+    data = store.get(bad.storage_key)
+    store.put(bad.storage_key, data[:-100])  # truncated on disk after ingest
     with pytest.raises(ExportCheckError) as err:
         _export(sqlite_db, store, settings)
     assert err.value.record_ids == [bad_id]
-    assert "bytes do not match the item's sha256" in str(err.value)
+    assert f"has {len(data) - 100} bytes, the ingested item {len(data)}" in str(err.value)
+    assert not store.exists(f"{POOL}/{bad.sha256}.png"), "no pool entry for bytes that are not the item's"
+
+    # same size, other bytes: not read at export (a link), caught by the checks that hash
+    store.put(bad.storage_key, data[:-1] + bytes([data[-1] ^ 1]))
+    v = _export(sqlite_db, store, settings)
+    assert verify_version(store, v.prefix) == [f"../images/{bad.sha256}.png: sha256 differs from the manifest"]
+    folder = store.local_path(v.prefix)
+    assert folder is not None
+    problems = [p for f in ("qwen_train.json", "qwen_val.json") for p in check_dataset(folder / f, folder)[1]]
+    assert any("content differs from manifest.json" in p for p in problems)
 
 
 def test_verify_version_notices_a_changed_pool_image(sqlite_db: Database, tmp_path: Path) -> None:
