@@ -1,6 +1,10 @@
 """Pages per second of the CPU document backend, text-layer and scanned pages separately.
 
-Usage: ``.venv/bin/python bench/documents.py [--data DIR] [--repeat N] [--engines-only]``
+Usage: ``.venv/bin/python bench/documents.py [--data DIR] [--repeat N] [--engines-only] [--memory]``
+
+``--memory``: peak RSS of the CPU backend (``PyMuPDFLayoutBackend.predict``, layout model and
+RapidOCR loaded) over every PDF of the folder, one after another in one child process (``wait4``),
+against the 800 MB budget; its last line is one JSON object (``peak_rss_mb``, ``under_budget``).
 
 Then MinerU 4.x flash against the pymupdf layout backend on the same text-layer PDFs, each engine in a
 child process of its own (``mineru-kit parse --tier flash -f middle_json`` from .venv-mineru; the
@@ -167,11 +171,55 @@ def engines(pdfs: list[Path]) -> dict[str, object]:
     }
 
 
+_MEMORY_CHILD = """
+import asyncio, hashlib, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from documents import item_for
+from labelloop.config import DatabaseSettings, Settings, StorageSettings
+from labelloop.prelabel.documents.cpu import PyMuPDFLayoutBackend
+from labelloop.specs import SpecRegistry
+from labelloop.storage import LocalStore
+spec = SpecRegistry().get("document_layout")
+with tempfile.TemporaryDirectory() as tmp:
+    s = Settings(home=Path(tmp), db=DatabaseSettings(url=f"sqlite:///{tmp}/x.db"),
+                 storage=StorageSettings(backend="local", root=Path(tmp) / "o"))
+    backend = PyMuPDFLayoutBackend(s, LocalStore(Path(tmp) / "o"))
+    for path in sys.argv[2:]:
+        data = Path(path).read_bytes()
+        res = asyncio.run(backend.predict(item_for(data), data, spec))
+        if res.status != "ok":
+            raise SystemExit(f"{path}: {res.error}")
+        print(Path(path).name, len(res.record["pages"]), flush=True)
+"""
+MEMORY_BUDGET_MB = 800
+
+
+def memory(pdfs: list[Path]) -> dict[str, object]:
+    """Peak RSS of the CPU backend over all the PDFs in one process."""
+    pages = sum(len(pymupdf.open(p)) for p in pdfs)
+    with tempfile.TemporaryDirectory(prefix="labelloop-bench-mem-") as tmp:
+        wall, peak = child(
+            [sys.executable, "-c", _MEMORY_CHILD, str(Path(__file__).resolve().parent), *map(str, pdfs)], Path(tmp)
+        )
+    print(f"CPU backend over {len(pdfs)} PDFs ({pages} pages): peak RSS {peak:.0f} MB, {wall:.1f} s")
+    return {
+        "bench": "documents_memory",
+        "pdfs": len(pdfs),
+        "pages": pages,
+        "peak_rss_mb": round(peak),
+        "budget_mb": MEMORY_BUDGET_MB,
+        "under_budget": peak < MEMORY_BUDGET_MB,
+        "seconds": round(wall, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of PDFs")
     ap.add_argument("--repeat", type=int, default=1, help="runs per document (best is kept)")
     ap.add_argument("--engines-only", action="store_true", help="only the MinerU vs pymupdf comparison")
+    ap.add_argument("--memory", action="store_true", help="only the CPU backend's peak RSS over the PDFs")
     args = ap.parse_args(argv)
     pdfs = sorted(args.data.glob("*.pdf"))
     if not pdfs:
@@ -179,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.engines_only:
         print(json.dumps(engines(pdfs)))
+        return 0
+    if args.memory:
+        print(json.dumps(memory(pdfs)))
         return 0
     spec = SpecRegistry().get("document_layout")
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # pages, seconds, baseline seconds

@@ -322,6 +322,8 @@ def main() -> None:
                 "second_version_image_bytes": full["second_version_image_bytes"],
                 "second_version_bytes": full["second_version_bytes"],
                 "second_export_s": round(full["second_export_s"], 2),
+                # the steady state of a nightly: the pool holds the images already
+                "second_version_json_ratio": round(full["exported"] / full["second_export_s"] / b_json, 3),
                 "images_stored_first_version": full["images_stored"],
             }
         )

@@ -99,8 +99,9 @@ def main() -> int:
             answers["clp_crop_clp_rec"].append({"plate": "", "score": 0.0, "colour": None})
         else:
             score = 0.0 if colour_problem(hit_r.text, hit_r.colour) else hit_r.score
-            answers["clp_crop_clp_rec"].append({"plate": normalise_plate(hit_r.text), "score": score,
-                                                "colour": hit_r.colour})
+            answers["clp_crop_clp_rec"].append(
+                {"plate": normalise_plate(hit_r.text), "score": score, "colour": hit_r.colour}
+            )
 
     # both recognisers on the crop, the higher-scoring valid read wins (what the plate backend does)
     for a, b in zip(answers["clp_crop_clp_rec"], answers["clp_crop_rapidocr_rec"], strict=True):

@@ -25,9 +25,10 @@ import pymupdf
 
 from labelloop.config import DocumentSettings
 from labelloop.documents import layout_scores
+from labelloop.documents.memory import limit_heap_retention
 from labelloop.documents.ocr import PageOCR, group_lines, ocr_version
 from labelloop.documents.record import Block, make_block
-from labelloop.documents.render import PYMUPDF_LOCK, PageGeometry
+from labelloop.documents.render import PYMUPDF_LOCK, PageGeometry, free_page_memory
 from labelloop.documents.text import join_fragments, markdown_table_to_html, rows_to_html
 
 #: the score of a block nothing scored: unknown is review, never 1.0
@@ -80,6 +81,7 @@ class PyMuPDFLayoutAnalyzer:
         self.settings = settings
         self.ocr = PageOCR(settings)
         self.layout_scores = layout_scores.install()
+        limit_heap_retention()
 
     def analyze(self, doc: pymupdf.Document, geoms: list[PageGeometry], pages: set[int] | None = None) -> LayoutResult:
         """Blocks of every page, or only of ``pages`` (the others come back empty, mode "skipped")."""
@@ -96,7 +98,10 @@ class PyMuPDFLayoutAnalyzer:
             for g, n in zip(geoms, chars, strict=True)
         ]
         if text_pages:
+            # one pymupdf4llm pass over the text pages (it analyses a page at a time, but heading
+            # levels come from the font sizes of the whole document, so the pass stays one)
             unscored = self._text_layer_pages(doc, geoms, text_pages, blocks, page_md)
+            free_page_memory()
             for n in text_pages:
                 pages_detail[n]["unscored_blocks"] = unscored.get(n, 0)
         for g in geoms:
@@ -106,6 +111,7 @@ class PyMuPDFLayoutAnalyzer:
                 pages_detail[g.page]["mode"] = "skipped"
                 continue
             lines, dpi = self.ocr.read_page(doc[g.page], g)
+            free_page_memory()  # the page's rendering and the detector's activations are freed
             grouped = group_lines(lines, g)
             blocks[g.page] = [b for b, _ in grouped]
             page_md[g.page] = "\n\n".join(b.content for b in blocks[g.page])

@@ -16,6 +16,7 @@ from typing import Any
 
 import pymupdf
 
+from labelloop.documents.memory import release_memory
 from labelloop.documents.record import page_image_key
 from labelloop.storage import ObjectNotFound, ObjectStore
 
@@ -162,7 +163,16 @@ def store_page_images(
             continue
         store.put(geom.image_key, render_png(page, dpi), content_type="image/png")
         written += 1
+        free_page_memory()  # one page's pixmap and PNG at a time
     return geometries, written
+
+
+def free_page_memory() -> None:
+    """After a page: empty MuPDF's resource store (it keeps decoded page images, up to 256 MB by
+    default, which for scans is every page so far) and hand freed heap back to the OS."""
+    with PYMUPDF_LOCK:
+        pymupdf.TOOLS.store_shrink(100)
+    release_memory()
 
 
 def _has_image(store: ObjectStore, geom: PageGeometry) -> bool:

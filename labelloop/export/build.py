@@ -89,6 +89,8 @@ def image_jobs(spec: TaskSpec, row: Any) -> list[Job]:
         image_name(row.sha256, row.ext, row.exif_orientation),
         row.exif_orientation,
         expect_sha256=row.sha256,
+        expect_size=row.size_bytes,
+        probed=size,
     )
     return [(job, size)]
 

@@ -115,6 +115,7 @@ def _member_stmt(spec: TaskSpec) -> Any:
         Item.sha256,
         Item.ext,
         Item.storage_key,
+        Item.size_bytes,
         Item.width,
         Item.height,
         Item.exif_orientation,
