@@ -27,6 +27,8 @@ and the baseline first in even rounds (so neither always meets the bigger Label 
              overlap, as if the previous sync had run within seconds of 10,000 edits (or as every
              sync did before the cursor followed the server's clock): it re-reads them all.
 
+Before the rounds, one small unmeasured round warms the fresh server up (lazy imports, caches).
+
 Ratios are labelloop's throughput over the baseline's, from the summed times of all rounds. The
 last line is one JSON object: the top-level ``import_ratio``/``sync_ratio`` are the WORST of the
 Label Studio databases measured and ``noop_sync_share`` the largest; ``per_db`` has each one's.
@@ -317,6 +319,9 @@ def main() -> None:
         rounds = []
         try:
             print(f"  up in {time.perf_counter() - t0:.1f} s at {server.url}", flush=True)
+            # warm-up, not measured: a fresh server's first import and sync pay for Django's lazy
+            # imports and cold caches, which would fall on whichever side goes first
+            one_round(server, tmp, kind, -1, min(300, n), labelloop_first=True)
             for rnd in range(args.rounds):
                 first = rnd % 2 == 0
                 r = one_round(server, tmp, kind, rnd, n, labelloop_first=first)

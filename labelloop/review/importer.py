@@ -328,6 +328,9 @@ class _LabelKeeper:
             if f.kind == "objects"
         }
 
+    def needs(self, wanted: dict[str, set[str]]) -> bool:
+        return any(labels - self.known.get(c, set()) for c, labels in wanted.items())
+
     def ensure(self, wanted: dict[str, set[str]]) -> None:
         new = {c: labels - self.known.get(c, set()) for c, labels in wanted.items()}
         if any(new.values()):
@@ -347,6 +350,8 @@ class _Chunk:
     keys: list[str]
     new: list[str] = field(default_factory=list)
     ids: dict[str, int] = field(default_factory=dict)
+    #: the JSON bodies of ``new`` (see :func:`request_bodies`)
+    parts: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 def _build_chunk(s: Any, spec: TaskSpec, rows: list[tuple[ReviewTask, Prediction, Item]], media: MediaLinker) -> _Chunk:
@@ -455,55 +460,75 @@ def _import_pending(
     stats.lookups = 1
     last_id = 0
     version_set = False
-    # One POST in flight while the next chunk is read and built here: Label Studio's work and
-    # ours overlap (two processes, two cores) instead of taking turns. Only the POST runs in the
-    # worker; the DB, the labels and the storages are touched from this thread only, and a chunk
-    # is posted only after the one before it is committed (the orphan read above relies on it).
+
+    # One POST in flight while the next chunk is read, built and serialised here: Label Studio's
+    # work and ours overlap (two processes, two cores) instead of taking turns. Only the POST runs
+    # in the worker; the DB is touched from this thread only. POSTs never overlap each other (the
+    # orphan read above relies on ids growing chunk after chunk), nor another Label Studio write
+    # (labels, storages, the model version: on SQLite it would wait for the import's write lock).
+    # A chunk's commit here may run while the next chunk's POST is in flight: a crash between
+    # them leaves both chunks above the newest stored id, where the rerun's read finds them.
+    def submit(chunk: _Chunk) -> tuple[_Chunk, Future[list[int]] | None]:
+        stats.pending += len(chunk.rows)
+        labels.ensure(chunk.wanted)
+        media.prepare(chunk.keys)
+        stats.already_there += len(chunk.ids)
+        stats.imported += len(chunk.new)
+        fut = pool.submit(_post_parts, ls, pid, chunk.parts, lss.import_timeout_s) if chunk.new else None
+        return chunk, fut
+
+    def finish(done: _Chunk) -> None:
+        _commit_chunk(db, pid, done)
+        stats.chunks += 1
+        log.info(
+            "%s: chunk %s: %s imported, %s already there",
+            spec.name,
+            stats.chunks,
+            len(done.new),
+            len(done.rows) - len(done.new),
+        )
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-import") as pool:
         inflight: tuple[_Chunk, Future[list[int]] | None] | None = None
+        built_rows = 0
         while True:
             built: _Chunk | None = None
-            if limit is None or stats.pending < limit:
+            if limit is None or built_rows < limit:
                 # the first chunks ramp up (FIRST_CHUNK, doubling): the pipeline starts working
                 # after a small build instead of a full chunk's
                 size = min(size_max, FIRST_CHUNK << min(stats.chunks + (inflight is not None), 20))
-                size = size if limit is None else min(size, limit - stats.pending)
+                size = size if limit is None else min(size, limit - built_rows)
                 with db.session() as s:
                     rows = [tuple(r) for r in s.execute(_pending(spec, last_id, size))]
                     if rows:
                         last_id = rows[-1][0].id
                         built = _build_chunk(s, spec, rows, media)  # type: ignore[arg-type]
-            if inflight is not None:
-                done, fut = inflight
-                if fut is not None:
-                    done.ids.update(zip(done.new, fut.result(), strict=True))
-                _commit_chunk(db, pid, done)
-                stats.chunks += 1
-                if not version_set and any(mv == stats.model_version for _i, _e, mv in done.rows):
-                    # only now: Label Studio accepts a version once the project has predictions of it
-                    set_model_version(ls, pid, stats.model_version)
-                    version_set = True
-                log.info(
-                    "%s: chunk %s: %s imported, %s already there",
-                    spec.name,
-                    stats.chunks,
-                    len(done.new),
-                    len(done.rows) - len(done.new),
-                )
-                inflight = None
+            if built is not None:
+                built_rows += len(built.rows)
+                built.ids = {ext: orphans[ext] for ext in built.tasks if ext in orphans}
+                built.new = [ext for ext in built.tasks if ext not in built.ids]
+                built.parts = request_bodies([built.tasks[e] for e in built.new], lss.import_max_bytes)
+            if inflight is None:
+                if built is None:
+                    break
+                inflight = submit(built)
+                continue
+            done, fut = inflight
+            if fut is not None:
+                done.ids.update(zip(done.new, fut.result(), strict=True))
+            wants_version = not version_set and any(mv == stats.model_version for _i, _e, mv in done.rows)
+            writes_first = built is not None and (labels.needs(built.wanted) or media.needs_prepare(built.keys))
+            if built is not None and not wants_version and not writes_first:
+                inflight = submit(built)  # Label Studio starts on it while we commit the last one
+                finish(done)
+                continue
+            finish(done)
+            if wants_version:
+                # only now: Label Studio accepts a version once the project has predictions of it
+                set_model_version(ls, pid, stats.model_version)
+                version_set = True
             if built is None:
                 break
-            stats.pending += len(built.rows)
-            labels.ensure(built.wanted)
-            media.prepare(built.keys)
-            built.ids = {ext: orphans[ext] for ext in built.tasks if ext in orphans}
-            built.new = [ext for ext in built.tasks if ext not in built.ids]
-            stats.already_there += len(built.ids)
-            stats.imported += len(built.new)
-            future = None
-            if built.new:
-                parts = request_bodies([built.tasks[e] for e in built.new], lss.import_max_bytes)
-                future = pool.submit(_post_parts, ls, pid, parts, lss.import_timeout_s)
-            inflight = (built, future)
+            inflight = submit(built)
     stats.seconds = time.perf_counter() - t0
     return stats

@@ -99,6 +99,12 @@ class MediaLinker:
 
     # ------------------------------------------------------------------ storages
 
+    def needs_prepare(self, keys: list[str]) -> bool:
+        """Whether :meth:`prepare` would have to create a storage for ``keys`` (a Label Studio write)."""
+        if self.mode == "local":
+            return any(self._local_folder(k) not in self._ready for k in keys)
+        return self.mode == "s3" and "s3" not in self._ready
+
     def prepare(self, keys: list[str]) -> None:
         """Create the import storages the ``keys`` need (once per folder / bucket; idempotent)."""
         if self.mode == "local":

@@ -51,7 +51,7 @@ from typing import Any
 from jsonschema.validators import validator_for
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.data_manager import Column, Filters, Operator, Type
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
@@ -305,6 +305,10 @@ class _Page:
     records: dict[int, Record]
     #: review tasks that had synced annotations before this page
     with_history: set[int] = field(default_factory=set)
+    #: correction-log rows of this page, inserted in one statement at its end (after the
+    #: ``is_latest = False`` updates of older rows): an ORM object per field costs more than the
+    #: rest of the page's work
+    corrections: list[dict[str, Any]] = field(default_factory=list)
     _validators: dict[str, Any] = field(default_factory=dict)
 
     def validator(self, spec: TaskSpec) -> Any:
@@ -333,24 +337,24 @@ def _apply_latest(s: Session, spec: TaskSpec, rt: ReviewTask, ann: Annotation, c
     for name, f in spec.fields.items():
         mv, hv = model_view.get(name), human_view.get(name)
         changed, distance = compare_field(f, convert.comparable(f, mv), convert.comparable(f, hv))
-        s.add(
-            FieldCorrection(
-                annotation_id=ann.id,
-                review_task_id=rt.id,
-                item_id=rt.item_id,
-                spec=spec.name,
-                field=name,
-                model=pred.model,
-                model_version=pred.model_version,
-                prompt_hash=pred.prompt_hash,
-                route=rt.route,
-                model_value=mv,
-                model_confidence=confidences.get(name) if pred.status == "ok" else 0.0,
-                human_value=hv,
-                changed=bool(changed),
-                distance=float(distance),
-                is_latest=True,
-            )
+        ctx.corrections.append(
+            {
+                "annotation_id": ann.id,
+                "review_task_id": rt.id,
+                "item_id": rt.item_id,
+                "spec": spec.name,
+                "field": name,
+                "model": pred.model,
+                "model_version": pred.model_version,
+                "prompt_hash": pred.prompt_hash,
+                "route": rt.route,
+                "model_value": mv,
+                "model_confidence": confidences.get(name) if pred.status == "ok" else 0.0,
+                "human_value": hv,
+                "changed": bool(changed),
+                "distance": float(distance),
+                "is_latest": True,
+            }
         )
         stats.corrections += 1
     _upsert_human_record(s, spec, rt, ann, pred, item, human_view, size, ctx)
@@ -577,6 +581,8 @@ def _sync_page(s: Session, spec: TaskSpec, tasks: list[Any], users: _Users, stat
             row.is_latest = row is latest
         if any(latest is row for row in new[rt.id]):
             _apply_latest(s, spec, rt, latest, ctx, stats)
+    if ctx.corrections:
+        s.execute(insert(FieldCorrection), ctx.corrections)
 
 
 #: the cursor before the first sync: older than any task
