@@ -267,8 +267,9 @@ def test_office_documents_are_exported_like_pdfs(sqlite_db: Database, tmp_path: 
     assert result.created and verify_version(store, result.prefix) == []
     manifest = read_manifest(store, result.prefix)
     assert manifest is not None and manifest["counts"] == {**manifest["counts"], "records": 2, "samples": 4}
-    expected = {f"images/{sha}_p{n}.png" for sha, k in pages.items() for n in range(k)}
-    assert {f for f in manifest["files"] if f.startswith("images/")} == expected
+    # page images live in the spec's pool beside the version, named from it as ../images/...
+    expected = {f"../images/{sha}_p{n}.png" for sha, k in pages.items() for n in range(k)}
+    assert {f for f in manifest["files"] if f.startswith("../images/")} == expected
     root = settings.storage.root.resolve() / result.prefix
     samples = [smp for p in sorted(root.glob("qwen_*.json")) for smp in json.loads(p.read_text())]
     assert sorted(smp["image"] for smp in samples) == sorted(expected)

@@ -148,6 +148,6 @@ def test_video_loop_with_label_studio(
     checked = [check_dataset(p, root) for p in sorted(root.glob("qwen_*.json"))]
     assert sum(n for n, _, _ in checked) == 1 and [p for _, ps, _ in checked for p in ps] == []
     sample = next(s for p in root.glob("qwen_*.json") for s in json.loads(p.read_text()))
-    assert sample["video"] == f"videos/{item.sha256}.webm"
+    assert sample["video"] == f"../videos/{item.sha256}.webm"  # in the spec's pool, beside the version
     assert json.loads(sample["conversations"][1]["value"])["events"][0]["start"] == 3.0
     db.dispose()
