@@ -42,6 +42,16 @@ def test_put_get_stat_exists_delete(any_store: ObjectStore, tmp_path: Path) -> N
         any_store.stat("nope/x")
 
 
+def test_get_head_reads_only_the_start(any_store: ObjectStore) -> None:
+    """The export reads image headers this way (a ranged GET on S3), never the whole file."""
+    data = bytes(range(256)) * 40
+    any_store.put("raw/ab/head.bin", data)
+    assert any_store.get_head("raw/ab/head.bin", 100) == data[:100]
+    assert any_store.get_head("raw/ab/head.bin", 10**6) == data
+    with pytest.raises(ObjectNotFound):
+        any_store.get_head("raw/ab/missing.bin", 10)
+
+
 def test_list_by_prefix_is_recursive_sorted_and_exact(any_store: ObjectStore) -> None:
     for key in ["a/2.txt", "a/1.txt", "a/sub/3.txt", "ab/4.txt", "b/5.txt"]:
         any_store.put(key, key.encode())

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from labelloop.db import Database, PoolImage
 from labelloop.prelabel.qwen_resize import load_oriented
-from labelloop.storage import ObjectStore
+from labelloop.storage import ObjectNotFound, ObjectStore
 
 Layout = Literal["pool", "self_contained"]
 
@@ -302,6 +302,8 @@ class ImagePool:
         key = pool_key(self.spec, job.name)
         try:
             info = self.store.copy(job.src_key, key)
+        except ObjectNotFound as e:  # the ingested file is gone: name it, not the pool entry
+            return PooledImage(job.name, ref, error=f"cannot read {job.src_key}: {e}")
         except Exception as e:
             return PooledImage(job.name, ref, error=f"cannot store {key} from {job.src_key}: {e}")
         if info.size != job.expect_size:
@@ -309,8 +311,16 @@ class ImagePool:
             return PooledImage(
                 job.name, ref, error=f"{job.src_key} has {info.size} bytes, the ingested item {job.expect_size}"
             )
+        # the pixel size from the file's own header (a ranged read, not the pixels), so an entry
+        # never says a size its file does not have, whatever the item row claims
+        # (videos keep ingest's probe: their size needs a decode of the container, and the
+        # trainer-side checker reads them whole anyway)
+        try:
+            w, h = job.probed if job.media == "video" else _header_size(self.store, job.src_key)  # type: ignore[misc]
+        except Exception as e:
+            self.store.delete(key)
+            return PooledImage(job.name, ref, error=f"{job.src_key} is not a readable {job.media}: {e}")
         written = 0 if _same_file(self.store, job.src_key, key) else info.size
-        w, h = job.probed  # type: ignore[misc]
         img = PooledImage(job.name, ref, job.expect_sha256 or "", info.size, w, h, written=written, new=True)
         return self._link(img) if self.layout == "self_contained" else img
 
@@ -339,6 +349,24 @@ class ImagePool:
 
 def _row(spec: str, r: PooledImage) -> dict[str, object]:
     return {"spec": spec, "name": r.name, "sha256": r.sha256, "size": r.size, "width": r.width, "height": r.height}
+
+
+#: bytes read for an image header: JPEG APP segments (EXIF with a thumbnail) can reach 64 KB
+#: before the frame header; a header further in is read from the whole file
+_HEAD_BYTES = 128 * 1024
+
+
+def _header_size(store: ObjectStore, key: str) -> tuple[int, int]:
+    """Pixel size of a stored image, from its header where that suffices."""
+    head = store.get_head(key, _HEAD_BYTES)
+    try:
+        with Image.open(io.BytesIO(head)) as img:
+            return img.size
+    except Exception:
+        if len(head) < _HEAD_BYTES:
+            raise
+    with Image.open(io.BytesIO(store.get(key))) as img:
+        return img.size
 
 
 def _same_file(store: ObjectStore, a: str, b: str) -> bool:

@@ -64,6 +64,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str) -> bytes: ...
 
+    def get_head(self, key: str, length: int) -> bytes:
+        """The first ``length`` bytes of the object (fewer when it is shorter): enough to read an
+        image's header without fetching its pixels. Stores override it with a ranged read."""
+        return self.get(key)[:length]
+
     @abc.abstractmethod
     def get_file(self, key: str, path: Path) -> Path: ...
 

@@ -62,6 +62,13 @@ class LocalStore(ObjectStore):
         except (FileNotFoundError, IsADirectoryError):
             raise ObjectNotFound(key) from None
 
+    def get_head(self, key: str, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as f:
+                return f.read(length)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
     def get_file(self, key: str, path: Path) -> Path:
         src = self._path(key)
         if not src.is_file():

@@ -125,6 +125,22 @@ class S3Store(ObjectStore):
             resp.close()
             resp.release_conn()
 
+    def get_head(self, key: str, length: int) -> bytes:
+        self.ensure_bucket()
+        try:
+            resp = self.client.get_object(self.bucket, check_key(key), offset=0, length=length)
+        except S3Error as e:
+            raise self._translate(e, key, "get head") from e
+        except (MinioException, Urllib3Error) as e:
+            raise self._error("get head", key, e) from e
+        try:
+            return resp.read()
+        except (Urllib3Error, OSError) as e:
+            raise self._error("get head", key, e) from e
+        finally:
+            resp.close()
+            resp.release_conn()
+
     def get_file(self, key: str, path: Path) -> Path:
         self.ensure_bucket()
         try:
