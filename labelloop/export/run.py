@@ -44,6 +44,7 @@ from labelloop.export.registry import find_version, read_provenance, register_ve
 from labelloop.export.version import FORMAT, MANIFEST, PROVENANCE, dataset_name, version_prefix
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore, publish
+from labelloop.storage.base import sha256_file
 from labelloop.validation import iter_passing
 
 _decode = msgspec.json.decode
@@ -238,7 +239,7 @@ def export_dataset(
             return write_manifest(manifest_path, manifest, checksums, pool.entries())
 
         publish(store, prefix, sorted(files.items()), MANIFEST, make_manifest)
-        manifest_sha = _sha256_file(manifest_path)
+        manifest_sha = sha256_file(manifest_path)
         provenance_path = built.files[PROVENANCE]
         assert isinstance(provenance_path, Path)
         with provenance_path.open(encoding="utf-8") as lines:
@@ -251,11 +252,3 @@ def export_dataset(
                 members=(_decode(line) for line in lines),
             )
     return ExportResult.of(dv, created)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -22,6 +22,7 @@ from typing import Any
 
 from labelloop.export.images import resolve_ref
 from labelloop.storage import ObjectNotFound, ObjectStore
+from labelloop.storage.base import sha256_file
 
 MANIFEST = "manifest.json"
 #: one line per member record: provenance, model version, annotator, split, validation run
@@ -116,12 +117,12 @@ def materialize(store: ObjectStore, prefix: str, dest: Path) -> Path:
         key = resolve_ref(prefix, name)
         if posixpath.normpath(name).startswith("../"):
             path = dest / posixpath.normpath(f"{version}/{name}")  # the pool, beside the version
-            if path.is_file() and _sha256_file(path) == meta["sha256"]:
+            if path.is_file() and sha256_file(path) == meta["sha256"]:
                 continue  # downloaded for an earlier version
             part = path.with_name(f".{path.name}.partial")
             part.parent.mkdir(parents=True, exist_ok=True)
             store.get_file(key, part)
-            if _sha256_file(part) != meta["sha256"]:
+            if sha256_file(part) != meta["sha256"]:
                 part.unlink(missing_ok=True)
                 raise VersionError(f"{key}: downloaded bytes do not match the manifest")
             part.replace(path)
@@ -129,7 +130,7 @@ def materialize(store: ObjectStore, prefix: str, dest: Path) -> Path:
         path = tmp / name
         path.parent.mkdir(parents=True, exist_ok=True)
         store.get_file(key, path)
-        if _sha256_file(path) != meta["sha256"]:
+        if sha256_file(path) != meta["sha256"]:
             raise VersionError(f"{prefix}/{name}: downloaded bytes do not match the manifest")
     (tmp / MANIFEST).write_bytes(manifest_bytes)
     shutil.rmtree(final, ignore_errors=True)
@@ -142,11 +143,3 @@ def _get_manifest_bytes(store: ObjectStore, prefix: str) -> bytes:
         return store.get(f"{prefix}/{MANIFEST}")
     except ObjectNotFound:
         raise VersionError(f"{prefix} is not a published dataset version (no {MANIFEST})") from None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

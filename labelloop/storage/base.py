@@ -143,7 +143,7 @@ def publish(
     for name, payload in files:
         key = check_key(f"{prefix}/{name}")
         if isinstance(payload, Path):
-            digest = _sha256_file(payload)
+            digest = sha256_file(payload)
             info = store.put_file(key, payload)
         else:
             digest = sha256_bytes(payload)
@@ -160,7 +160,8 @@ def publish(
     return store.put(key, manifest, content_type="application/json")
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a local file, read in 1 MiB chunks (memory stays flat for any size)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
