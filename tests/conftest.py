@@ -6,6 +6,7 @@ Real servers only: PostgreSQL on 127.0.0.1:5432 (started by .ci/run), an S3-comp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -173,11 +174,11 @@ def store(tmp_path: Path) -> LocalStore:
 # --------------------------------------------------------------------------- S3 test server
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto in server mode as a subprocess on a free loopback port; yields host:port."""
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    """moto in server mode as a subprocess on a free loopback port, its output (one access-log
+    line per request) in ``log``; yields host:port."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -193,6 +194,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The S3 test server the storage fixtures share; yields host:port."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as address:
+        yield address
 
 
 @pytest.fixture

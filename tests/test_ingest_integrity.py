@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_http
+from conftest import free_port, moto_server
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -406,23 +406,9 @@ def test_unchanged_local_files_are_not_read_again(db: Database, settings: Settin
 @pytest.fixture(scope="module")
 def counted_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A moto S3 server of our own, whose access log (one line per request) we can read."""
-    port = free_port()
     log = tmp_path_factory.mktemp("moto-counted") / "access.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=60, proc=proc)
-        yield f"127.0.0.1:{port}", log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with moto_server(log) as address:
+        yield address, log
 
 
 def _object_gets(log: Path, bucket: str, since: int) -> list[str]:
