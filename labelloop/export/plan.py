@@ -129,14 +129,7 @@ def _member_stmt(spec: TaskSpec) -> Any:
         Record.content_hash,
         Record.record,
     ]
-    return (
-        select(*cols)
-        .join(Item, Item.id == Record.item_id)
-        # a partly reviewed document waits until every page is final (see review.sync)
-        .where(Record.spec == spec.name, Record.provenance != PROVENANCE_PARTIAL)
-        .order_by(Record.id)
-        .execution_options(yield_per=2000)
-    )
+    return _candidates(spec, cols, yield_per=2000)
 
 
 def _plan_stmt(spec: TaskSpec) -> Any:
@@ -150,12 +143,19 @@ def _plan_stmt(spec: TaskSpec) -> Any:
         Record.annotator,
         Record.content_hash,
     ]
+    return _candidates(spec, cols, yield_per=5000)
+
+
+def _candidates(spec: TaskSpec, cols: list[Any], *, yield_per: int) -> Any:
+    """The spec's records that may enter a version, in id order: one filter for the plan and the
+    build pass, which must see the same records."""
     return (
         select(*cols)
         .join(Item, Item.id == Record.item_id)
+        # a partly reviewed document waits until every page is final (see review.sync)
         .where(Record.spec == spec.name, Record.provenance != PROVENANCE_PARTIAL)
         .order_by(Record.id)
-        .execution_options(yield_per=5000)
+        .execution_options(yield_per=yield_per)
     )
 
 
