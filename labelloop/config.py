@@ -438,6 +438,15 @@ class ExportSettings(_Section):
         "self_contained: each version also gets its own images/ folder, made by hard links on a local "
         "store and server-side copies on S3.",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that build a large version, each a share of its records (0: one per CPU, "
+        "at most 4; 1: this process only). The files are the same however many build them.",
+    )
+    parallel_min_records: int = Field(
+        5000, ge=1, description="Versions with fewer records are built in one process (starting workers costs seconds)."
+    )
 
 
 class TrainingSettings(_Section):

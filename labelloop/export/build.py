@@ -64,6 +64,8 @@ class Built:
     n_problems: int = 0
     samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    #: entries written per annotation file (joining shards' fragments needs them)
+    entries: dict[str, int] = field(default_factory=dict)
 
     def add_problems(self, problems: Iterable[Problem]) -> None:
         for p in problems:
@@ -115,6 +117,12 @@ def _batches(rows: Iterable[tuple[Any, Member]], size: int) -> Iterator[list[tup
         yield batch
 
 
+def add_dataset_info(built: Built, formats: list[str], dataset_name: str, media: str) -> None:
+    if "llamafactory" in formats:
+        info = llamafactory_dataset_info(dataset_name, built.samples, media=media)
+        built.files[LLAMAFACTORY_INFO] = (json.dumps(info, indent=2) + "\n").encode()
+
+
 class VersionBuilder:
     """Builds the files of one version into ``tmp`` (annotations) and the pool (images)."""
 
@@ -128,6 +136,7 @@ class VersionBuilder:
         db: Database,
         validation_run_id: int,
         stats: CardStats,
+        fragments: bool = False,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -136,13 +145,16 @@ class VersionBuilder:
         self.run_id = validation_run_id
         self.stats = stats
         self.formats = export_formats(settings)
-        self.writers = {(f, sp): open_writer(tmp / file_name(f, sp)) for f in self.formats for sp in SPLITS}
+        self.writers = {
+            (f, sp): open_writer(tmp / file_name(f, sp), fragment=fragments) for f in self.formats for sp in SPLITS
+        }
         self.provenance = JsonlWriter(tmp / PROVENANCE)
         self.checker = ExportChecker(spec)
         self.out = Built()
         self._pages: dict[int, dict[int, dict[str, Any]]] = {}
 
-    def run(self, members: Iterable[tuple[Any, Member]], dataset_name: str) -> Built:
+    def run(self, members: Iterable[tuple[Any, Member]], dataset_name: str | None) -> Built:
+        """Build every member; ``dataset_name`` None (a shard) leaves out ``dataset_info.json``."""
         pending: _Pending | None = None
         try:
             for batch in _batches(members, BATCH):
@@ -160,10 +172,10 @@ class VersionBuilder:
             self.provenance.close()
         for (fmt, sp), w in self.writers.items():
             self.out.files[file_name(fmt, sp)] = w.path
+            self.out.entries[file_name(fmt, sp)] = w.count
         self.out.files[PROVENANCE] = self.provenance.path
-        if "llamafactory" in self.formats:
-            info = llamafactory_dataset_info(dataset_name, self.out.samples, media=self.spec.media)
-            self.out.files[LLAMAFACTORY_INFO] = (json.dumps(info, indent=2) + "\n").encode()
+        if dataset_name is not None:
+            add_dataset_info(self.out, self.formats, dataset_name, self.spec.media)
         return self.out
 
     def _finish(self, pending: _Pending) -> None:

@@ -20,6 +20,10 @@ from labelloop.specs import TaskSpec
 TOP_LABELS = 30
 
 
+def _doubles() -> array[float]:  # a named factory: CardStats crosses processes (pickled)
+    return array("d")
+
+
 class CardStats:
     """Accumulates what the card shows while records stream through the export."""
 
@@ -32,7 +36,7 @@ class CardStats:
         self.split_samples: Counter[str] = Counter()
         self.distributions: dict[str, Counter[str]] = defaultdict(Counter)
         #: typed arrays (8 bytes a value): 100k records must not cost 100k float objects
-        self.confidence: dict[str, array[float]] = defaultdict(lambda: array("d"))
+        self.confidence: dict[str, array[float]] = defaultdict(_doubles)
         #: documents: pages by provenance, and pages accepted under an uncalibrated threshold
         self.page_provenance: Counter[str] = Counter()
         self.uncalibrated_pages = 0
@@ -40,6 +44,23 @@ class CardStats:
         self.durations: list[float] = []
         self.event_durations: list[float] = []
         self.events_per_record: list[int] = []
+
+    def merge(self, other: CardStats) -> None:
+        """Add another shard's statistics (shards are merged in record order)."""
+        self.provenance.update(other.provenance)
+        self.model_versions.update(other.model_versions)
+        self.annotators |= other.annotators
+        self.split_records.update(other.split_records)
+        self.split_samples.update(other.split_samples)
+        for name, counts in other.distributions.items():
+            self.distributions[name].update(counts)
+        for prov, values in other.confidence.items():
+            self.confidence[prov].extend(values)
+        self.page_provenance.update(other.page_provenance)
+        self.uncalibrated_pages += other.uncalibrated_pages
+        self.durations += other.durations
+        self.event_durations += other.event_durations
+        self.events_per_record += other.events_per_record
 
     def add(
         self,

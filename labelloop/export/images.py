@@ -15,8 +15,10 @@ without copying bytes through this process: hard links on a local store, server-
 Boxes are stored in pixels *after* EXIF orientation, but trainers differ in whether they apply it
 (older qwen-vl-finetune opens files with PIL and does not), so an image with an EXIF orientation
 other than 1 goes into the pool with the rotation baked in (PNG, lossless): every trainer then sees
-the pixel grid the boxes refer to. New pool entries are made on a thread pool (object stores are
-I/O-bound: fsync, HTTP); entries already in the pool cost one indexed query per batch.
+the pixel grid the boxes refer to. New pool entries on S3 are made on a thread pool (each call waits
+on HTTP); on a local store a link is a few syscalls, made inline, since threads would only queue
+for the GIL (only entries that decode and re-encode pixels go to the threads there). Entries
+already in the pool cost one indexed query per batch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from labelloop.db import Database, PoolImage
+from labelloop.db.types import utcnow
 from labelloop.prelabel.qwen_resize import load_oriented
 from labelloop.storage import ObjectNotFound, ObjectStore
 
@@ -195,14 +198,18 @@ class ImagePool:
             unique.setdefault(job.name, job)
         known = self._known(list(unique))
         batch = PoolBatch()
+        inline = not self.store.remote_io
         for name, job in unique.items():
             row = known.get(name)
             if row is None:
-                batch.futures.append(self._pool.submit(self._create, job))
+                if inline and _is_link(job):
+                    batch.futures.append(_done(self._create(job)))
+                else:
+                    batch.futures.append(self._pool.submit(self._create, job))
                 continue
             img = PooledImage(name, image_ref(name, self.layout), row.sha256, row.size, row.width, row.height)
             if self.layout == "self_contained":
-                batch.futures.append(self._pool.submit(self._link, img))
+                batch.futures.append(_done(self._link(img)) if inline else self._pool.submit(self._link, img))
             else:
                 batch.ready[name] = img
         return batch
@@ -230,8 +237,9 @@ class ImagePool:
         first wins; ours must then be the same bytes, or the record gets an error."""
         rows = [_row(self.spec, r) for r in new]
         try:
-            with self.db.transaction() as s:
-                s.execute(insert(PoolImage), rows)
+            # Core executemany: the ORM's bulk insert costs several times more per row
+            with self.db.engine.begin() as conn:
+                conn.execute(_POOL_INSERT, rows)
             self.created += len(rows)
             return {}
         except IntegrityError:
@@ -241,8 +249,8 @@ class ImagePool:
         for r in new:
             row = known.get(r.name)
             if row is None:
-                with self.db.transaction() as s:
-                    s.execute(insert(PoolImage), [_row(self.spec, r)])
+                with self.db.engine.begin() as conn:
+                    conn.execute(_POOL_INSERT, [_row(self.spec, r)])
                 self.created += 1
             elif row.sha256 != r.sha256:
                 fixed[r.name] = PooledImage(
@@ -254,7 +262,7 @@ class ImagePool:
 
     def _create(self, job: ImageJob) -> PooledImage:
         ref = image_ref(job.name, self.layout)
-        if job.orientation in (None, 1) and job.expect_sha256 and job.expect_size is not None and job.probed:
+        if _is_link(job):
             return self._link_ingested(job, ref)
         try:
             data = self.store.get(job.src_key)
@@ -285,7 +293,7 @@ class ImagePool:
                 written = len(data)
             else:  # the bytes as stored: a link or server-side copy where the store can
                 info = self.store.copy(job.src_key, key)
-                written = 0 if _same_file(self.store, job.src_key, key) else len(data)
+                written = 0 if info.linked else len(data)
         except Exception as e:
             return PooledImage(job.name, ref, error=f"cannot store {key}: {e}")
         if info.size != len(data):
@@ -320,7 +328,7 @@ class ImagePool:
         except Exception as e:
             self.store.delete(key)
             return PooledImage(job.name, ref, error=f"{job.src_key} is not a readable {job.media}: {e}")
-        written = 0 if _same_file(self.store, job.src_key, key) else info.size
+        written = 0 if info.linked else info.size
         img = PooledImage(job.name, ref, job.expect_sha256 or "", info.size, w, h, written=written, new=True)
         return self._link(img) if self.layout == "self_contained" else img
 
@@ -341,38 +349,93 @@ class ImagePool:
         """(ref, sha256, size) of every image listed, in the order they were collected."""
         if not self._entries.closed:
             self._entries.close()
+        return self.summary().entries()
+
+    def summary(self) -> PoolSummary:
+        if not self._entries.closed:
+            self._entries.flush()
+        return PoolSummary(self.entries_path, self.count, self.created, self.bytes_written)
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """What a build put into the pool: the manifest's image entries (a file) and the counts."""
+
+    entries_path: Path
+    count: int = 0
+    created: int = 0
+    bytes_written: int = 0
+
+    def entries(self) -> Iterator[tuple[str, str, int]]:
         with self.entries_path.open(encoding="utf-8") as f:
             for line in f:
                 ref, sha, size = line.rstrip("\n").split("\t")
                 yield ref, sha, int(size)
 
 
+_POOL_INSERT = insert(PoolImage.__table__)  # type: ignore[arg-type]
+
+
 def _row(spec: str, r: PooledImage) -> dict[str, object]:
-    return {"spec": spec, "name": r.name, "sha256": r.sha256, "size": r.size, "width": r.width, "height": r.height}
+    return {
+        "spec": spec,
+        "name": r.name,
+        "sha256": r.sha256,
+        "size": r.size,
+        "width": r.width,
+        "height": r.height,
+        "created_at": utcnow(),
+    }
 
 
-#: bytes read for an image header: JPEG APP segments (EXIF with a thumbnail) can reach 64 KB
-#: before the frame header; a header further in is read from the whole file
-_HEAD_BYTES = 128 * 1024
+#: bytes read first for an image header: enough for PNG, WebP, GIF and most JPEGs; JPEG APP
+#: segments (EXIF with a thumbnail) can reach 64 KB before the frame header, so a header not found
+#: there is read again from 128 KB, then from the whole file
+_HEAD_BYTES = (16 * 1024, 128 * 1024)
+#: Pillow's format for an extension: naming it skips probing every registered plugin in turn,
+#: which costs more than the read (a wrong name only falls back to the full probe)
+_PIL_FORMATS = {
+    "png": "PNG",
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "webp": "WEBP",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+}
+
+
+def _pil_size(data: bytes, fmt: str | None) -> tuple[int, int]:
+    if fmt is not None:
+        try:
+            with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+                return img.size
+        except Exception:
+            pass
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
 
 
 def _header_size(store: ObjectStore, key: str) -> tuple[int, int]:
     """Pixel size of a stored image, from its header where that suffices."""
-    head = store.get_head(key, _HEAD_BYTES)
-    try:
-        with Image.open(io.BytesIO(head)) as img:
-            return img.size
-    except Exception:
-        if len(head) < _HEAD_BYTES:
-            raise
-    with Image.open(io.BytesIO(store.get(key))) as img:
-        return img.size
+    fmt = _PIL_FORMATS.get(posixpath.splitext(key)[1].lower().lstrip("."))
+    for length in _HEAD_BYTES:
+        head = store.get_head(key, length)
+        try:
+            return _pil_size(head, fmt)
+        except Exception:
+            if len(head) < length:  # the whole file was read: it is not a readable image
+                raise
+    return _pil_size(store.get(key), fmt)
 
 
-def _same_file(store: ObjectStore, a: str, b: str) -> bool:
-    """Whether two keys are one file (a hard link: no image bytes were written)."""
-    pa, pb = store.local_path(a), store.local_path(b)
-    try:
-        return pa is not None and pb is not None and pa.samefile(pb)
-    except OSError:
-        return False
+def _is_link(job: ImageJob) -> bool:
+    """A file kept as ingested whose size and bytes ingest recorded: its pool entry is a link."""
+    return job.orientation in (None, 1) and bool(job.expect_sha256) and job.expect_size is not None and bool(job.probed)
+
+
+def _done(result: PooledImage) -> Future[PooledImage]:
+    fut: Future[PooledImage] = Future()
+    fut.set_result(result)
+    return fut

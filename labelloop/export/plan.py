@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from labelloop.config import Settings
 from labelloop.db import Database, DatasetVersion, Item, Record, ValidationRun
@@ -102,11 +102,18 @@ class Plan:
     content_hash: str
     members: int
     passing: int
+    #: per shard of the cuts the plan was made with: digest of its members, and their number
+    shard_digests: list[str] = field(default_factory=list)
+    shard_members: list[int] = field(default_factory=list)
 
     @property
     def stale(self) -> int:
         """Passing records left out because their content changed since the validation run."""
         return self.passing - self.members
+
+
+#: a shard: the members whose record id is in [lo, hi) (hi None: no upper end)
+IdRange = tuple[int, int | None]
 
 
 def _member_stmt(spec: TaskSpec) -> Any:
@@ -146,17 +153,17 @@ def _plan_stmt(spec: TaskSpec) -> Any:
     return _candidates(spec, cols, yield_per=5000)
 
 
-def _candidates(spec: TaskSpec, cols: list[Any], *, yield_per: int) -> Any:
-    """The spec's records that may enter a version, in id order: one filter for the plan and the
-    build pass, which must see the same records."""
-    return (
+def _candidates(spec: TaskSpec, cols: list[Any], *, yield_per: int | None = None) -> Any:
+    """The spec's records that may enter a version, in id order: one filter for the plan, the
+    build pass and the shard cuts, which must see the same records."""
+    stmt = (
         select(*cols)
         .join(Item, Item.id == Record.item_id)
         # a partly reviewed document waits until every page is final (see review.sync)
         .where(Record.spec == spec.name, Record.provenance != PROVENANCE_PARTIAL)
         .order_by(Record.id)
-        .execution_options(yield_per=yield_per)
     )
+    return stmt.execution_options(yield_per=yield_per) if yield_per else stmt
 
 
 class MemberStream:
@@ -169,6 +176,10 @@ class MemberStream:
     records' stored ``content_hash`` (written with every record, see ``review.routing.put_record``);
     ``full=True`` (the build) reads the records themselves and hashes their JSON, so a stored hash
     that does not match the content fails the export loudly instead of shipping unvalidated data.
+
+    ``cuts`` (ascending record ids, the first shard's lower end first) keep a digest of the members
+    per shard, so a build split across processes can prove each shard saw what the plan saw;
+    ``id_range`` restricts the stream to one shard.
     """
 
     def __init__(
@@ -179,28 +190,47 @@ class MemberStream:
         passing: Iterator[tuple[int, str]],
         *,
         full: bool = True,
+        cuts: list[int] | None = None,
+        id_range: IdRange | None = None,
     ) -> None:
         self.db = db
         self.spec = spec
         self.settings = settings
         self.passing = passing
         self.full = full
+        self.id_range = id_range
         self._hash = hashlib.sha256(config_blob(spec, settings).encode())
+        self.cuts = list(cuts or ([id_range[0]] if id_range else []))
+        self._shard_hashes = [hashlib.sha256() for _ in self.cuts]
+        #: members per shard (of ``cuts``)
+        self.shard_members = [0] * len(self.cuts)
         self.members = 0
         self.n_passing = 0
+
+    @property
+    def shard_digests(self) -> list[str]:
+        return [h.hexdigest() for h in self._shard_hashes]
 
     @property
     def content_hash(self) -> str:
         return self._hash.hexdigest()
 
     def plan(self) -> Plan:
-        return Plan(self.content_hash, self.members, self.n_passing)
+        return Plan(self.content_hash, self.members, self.n_passing, self.shard_digests, list(self.shard_members))
 
     def __iter__(self) -> Iterator[tuple[Any, Member]]:
         val_fraction = self.settings.export.val_fraction
         passing = iter(self.passing)
         nxt = next(passing, None)
         stmt = _member_stmt(self.spec) if self.full else _plan_stmt(self.spec)
+        lo, hi = self.id_range or (None, None)
+        if lo is not None:
+            stmt = stmt.where(Record.id >= lo)
+            while nxt is not None and nxt[0] < lo:
+                nxt = next(passing, None)
+        if hi is not None:
+            stmt = stmt.where(Record.id < hi)
+        cuts, shard = self.cuts, -1
         # Core rows, streamed: the ORM's per-row machinery is a large share of a pass otherwise
         with self.db.engine.connect() as conn:
             for row in conn.execution_options(yield_per=2000).execute(stmt):
@@ -221,22 +251,54 @@ class MemberStream:
                         "content hash (changed during the export, or written without it); run the export again"
                     )
                 self.members += 1
-                self._hash.update(
+                line = (
                     f"\n{row.id}\t{row.sha256}\t{want}\t{row.provenance}\t{row.model}\t{row.model_version}"
                     f"\t{row.annotator}".encode()
                 )
+                self._hash.update(line)
+                while shard + 1 < len(cuts) and row.id >= cuts[shard + 1]:
+                    shard += 1
+                if shard >= 0:
+                    self._shard_hashes[shard].update(line)
+                    self.shard_members[shard] += 1
                 yield row, Member(want, split_of(row.sha256, val_fraction))
+        if hi is not None:
+            return  # a shard: the passing records beyond it are another shard's
         while nxt is not None:
             self.n_passing += 1
             nxt = next(passing, None)
 
 
-def plan_members(db: Database, spec: TaskSpec, settings: Settings, passing: Iterator[tuple[int, str]]) -> Plan:
-    """The content hash and size of the version the passing records would make (one pass)."""
-    stream = MemberStream(db, spec, settings, passing, full=False)
+def plan_members(
+    db: Database,
+    spec: TaskSpec,
+    settings: Settings,
+    passing: Iterator[tuple[int, str]],
+    cuts: list[int] | None = None,
+) -> Plan:
+    """The content hash and size of the version the passing records would make (one pass), with
+    the digest of each shard of ``cuts``."""
+    stream = MemberStream(db, spec, settings, passing, full=False, cuts=cuts)
     for _ in stream:
         pass
     return stream.plan()
+
+
+def shard_cuts(db: Database, spec: TaskSpec, shards: int) -> list[int]:
+    """Lower record ids of ``shards`` id ranges holding about equal numbers of candidate records
+    (one OFFSET query per cut); fewer when there are fewer records. The first is 0, so together
+    the ranges cover every record id."""
+    base = _candidates(spec, [Record.id])
+    with db.engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(base.order_by(None).subquery())).scalar_one()
+        if n == 0:
+            return []
+        cuts = [0]
+        for k in range(1, shards):
+            cut = conn.execute(base.offset(k * n // shards).limit(1)).scalar()
+            if cut is not None and (not cuts or cut > cuts[-1]):
+                cuts.append(cut)
+    return cuts
 
 
 def choose_version(

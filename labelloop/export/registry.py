@@ -20,6 +20,7 @@ from labelloop.export.version import PROVENANCE
 from labelloop.storage import ObjectStore
 
 CHUNK = 2000
+_MEMBER_INSERT = insert(DatasetVersionRecord.__table__)  # type: ignore[arg-type]
 
 
 def find_version(db: Database, spec: str, content_hash: str) -> DatasetVersion | None:
@@ -77,7 +78,8 @@ def register_version(
                     }
                     for m in chunk
                 ]
-                s.execute(insert(DatasetVersionRecord), rows)
+                # Core executemany: the ORM's bulk insert costs several times more per row
+                s.connection().execute(_MEMBER_INSERT, rows)
         return dv, True
     except IntegrityError:
         twin = find_version(db, manifest["spec"], manifest["content_hash"])

@@ -39,8 +39,10 @@ from labelloop.export.plan import (
     export_formats,
     plan_members,
     resolve_validation_run,
+    shard_cuts,
 )
 from labelloop.export.registry import find_version, read_provenance, register_version
+from labelloop.export.shards import build_sharded, build_workers
 from labelloop.export.version import FORMAT, MANIFEST, PROVENANCE, dataset_name, version_prefix
 from labelloop.specs import TaskSpec
 from labelloop.storage import ObjectStore, publish
@@ -168,7 +170,9 @@ def export_dataset(
 ) -> ExportResult:
     """Publish a new version of ``spec`` when the validated records changed; see the module doc."""
     run = resolve_validation_run(db, spec.name, validation_run_id)
-    plan = plan_members(db, spec, settings, iter_passing(store, spec.name, run.id))
+    workers = build_workers(db, store, settings)
+    cuts = shard_cuts(db, spec, workers) if workers > 1 else []
+    plan = plan_members(db, spec, settings, iter_passing(store, spec.name, run.id), cuts=cuts)
     if not plan.members:
         return ExportResult(
             spec=spec.name,
@@ -201,16 +205,37 @@ def export_dataset(
     stats = CardStats(spec)
     layout = settings.export.image_layout
     with tempfile.TemporaryDirectory(prefix="labelloop-export-") as tmp:
-        with ImagePool(
-            store, db, spec.name, prefix, Path(tmp) / "images.jsonl", layout=layout, threads=threads
-        ) as pool:
-            builder = VersionBuilder(spec, settings, pool, Path(tmp), db=db, validation_run_id=run.id, stats=stats)
-            members = MemberStream(db, spec, settings, iter_passing(store, spec.name, run.id))
-            built = builder.run(members, dataset_name(spec.name, version))
+        name = dataset_name(spec.name, version)
+        if len(cuts) > 1 and plan.members >= settings.export.parallel_min_records:
+            built, pool = build_sharded(
+                db,
+                store,
+                settings,
+                spec,
+                plan=plan,
+                cuts=cuts,
+                validation_run_id=run.id,
+                version_prefix=prefix,
+                dataset_name=name,
+                tmp=Path(tmp),
+                workers=workers,
+                threads=threads,
+                stats=stats,
+            )
+        else:
+            with ImagePool(
+                store, db, spec.name, prefix, Path(tmp) / "images.jsonl", layout=layout, threads=threads
+            ) as image_pool:
+                builder = VersionBuilder(
+                    spec, settings, image_pool, Path(tmp), db=db, validation_run_id=run.id, stats=stats
+                )
+                members = MemberStream(db, spec, settings, iter_passing(store, spec.name, run.id))
+                built = builder.run(members, name)
+                pool = image_pool.summary()
+            if members.content_hash != content_hash:
+                raise ExportError(f"the records of {spec.name} changed during the export; run the export again")
         if built.problems:
             raise ExportCheckError(built.problems, built.n_problems)
-        if members.content_hash != content_hash:
-            raise ExportError(f"the records of {spec.name} changed during the export; run the export again")
         n_waiting, waiting = waiting_documents(db, spec.name) if spec.media == "document" else (0, [])
         manifest = _manifest(
             spec,

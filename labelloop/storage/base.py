@@ -39,6 +39,8 @@ class ObjectInfo:
     modified: dt.datetime | None = None
     etag: str | None = None
     content_type: str | None = None
+    #: set by ``copy`` when the copy is a hard link to the source (no bytes were written)
+    linked: bool = False
 
 
 def check_key(key: str) -> str:
@@ -52,6 +54,9 @@ class ObjectStore(abc.ABC):
     """Local folder or MinIO/S3; see :mod:`labelloop.storage.local` and ``.s3``."""
 
     scheme: str
+    #: whether calls wait on a network (S3: run many at once on threads) rather than on local
+    #: syscalls, which cost microseconds and only fight over the GIL when threaded
+    remote_io: bool = True
 
     @abc.abstractmethod
     def put(

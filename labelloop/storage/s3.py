@@ -31,6 +31,7 @@ class S3Store(ObjectStore):
     def __init__(self, settings: StorageSettings, client: Minio | None = None) -> None:
         self.settings = settings
         self.bucket = settings.bucket
+        self._own_client = client is None
         self.client = client or Minio(
             settings.endpoint,
             access_key=settings.access_key.get_secret_value(),
@@ -174,6 +175,13 @@ class S3Store(ObjectStore):
                 )
         except (MinioException, Urllib3Error) as e:
             raise self._error("list", prefix + "*", e) from e
+
+    def __reduce__(self) -> tuple[type[S3Store], tuple[StorageSettings]]:
+        """Pickled as its settings (a worker process builds its own client); a store built around
+        a client given by the caller cannot be re-created elsewhere, so it refuses."""
+        if not self._own_client:
+            raise TypeError("an S3Store with a caller-supplied client cannot be pickled")
+        return (type(self), (self.settings,))
 
     def copy(self, src: str, dst: str) -> ObjectInfo:
         """A server-side copy (``CopyObject``): the bytes never pass through this process."""

@@ -16,7 +16,6 @@ report (:func:`gate_message`).
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 import time
@@ -32,11 +31,12 @@ from labelloop.config import Settings
 from labelloop.db import Database, Item, Quarantine, Record, ValidationRun
 from labelloop.db.types import utcnow
 from labelloop.specs import TaskSpec
-from labelloop.storage import ObjectNotFound, ObjectStore
+from labelloop.storage import ObjectStore
 from labelloop.validation.canonical import record_hash
 from labelloop.validation.frames import Flattener, RecordRow
 from labelloop.validation.gx_runner import CheckResult, CheckRunner
 from labelloop.validation.report import MAX_LISTED, render_report
+from labelloop.validation.snapshot import passed_key
 from labelloop.validation.suite import build_checks
 
 STREAM_BATCH = 2000
@@ -73,15 +73,6 @@ class ValidationSummary:
 
 def report_key(spec: str, run_id: int) -> str:
     return f"reports/validation/{spec}/{run_id}.html"
-
-
-def passed_key(spec: str, run_id: int) -> str:
-    """The passing snapshot: one ``<record id>\t<record hash>`` line per record, in id order."""
-    return f"reports/validation/{spec}/{run_id}.passed.tsv"
-
-
-def _legacy_passed_key(spec: str, run_id: int) -> str:
-    return f"reports/validation/{spec}/{run_id}.passed.json"
 
 
 def _snake(name: str) -> str:
@@ -318,32 +309,3 @@ def check_gate(summary: ValidationSummary | dict[str, Any]) -> None:
     s = summary if isinstance(summary, dict) else summary.as_dict()
     if not s["passed_gate"]:
         raise QualityGateError(gate_message(s))
-
-
-def iter_passing(store: ObjectStore, spec: str, run_id: int) -> Iterator[tuple[int, str]]:
-    """The passing snapshot of a run, (record id, record hash) in id order, streamed from the
-    store (runs from before the streamed format: their JSON object, sorted)."""
-    key = passed_key(spec, run_id)
-    try:
-        local = store.local_path(key)
-        if local is not None and local.is_file():
-            yield from _read_tsv(local)
-            return
-        with tempfile.TemporaryDirectory(prefix="labelloop-passed-") as tmp:
-            path = store.get_file(key, Path(tmp) / "passed.tsv")
-            yield from _read_tsv(path)
-    except ObjectNotFound:
-        data = json.loads(store.get(_legacy_passed_key(spec, run_id)))
-        yield from sorted((int(k), v) for k, v in data.items())
-
-
-def _read_tsv(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open(encoding="ascii") as f:
-        for line in f:
-            rid, h = line.rstrip("\n").split("\t")
-            yield int(rid), h
-
-
-def load_passing(store: ObjectStore, spec: str, run_id: int) -> dict[int, str]:
-    """The passing snapshot of a run as a dict: {record id: record hash} (small runs, tests)."""
-    return dict(iter_passing(store, spec, run_id))
