@@ -106,7 +106,7 @@ def test_a_sharded_build_writes_the_version_one_process_writes(tmp_path: Path, j
 
 
 def test_problems_found_in_a_worker_refuse_the_version(tmp_path: Path) -> None:
-    settings, db, store, ids = _home(tmp_path, "h", workers=2, parallel_min_records=1)
+    settings, db, store, _ids = _home(tmp_path, "h", workers=2, parallel_min_records=1)
     bad = add_item(db, store, image_bytes(1000, 750, seed=77))
     bad_id = add_record(db, bad, "vehicle_extraction", dict(VEHICLE_OK))
     data = store.get(bad.storage_key)
@@ -136,7 +136,7 @@ def test_a_shard_that_saw_other_records_than_the_plan_fails_the_export(
 def test_a_failing_or_killed_worker_fails_the_export_and_a_rerun_publishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, db, store, ids = _home(tmp_path, "h", workers=2, parallel_min_records=1)
+    settings, db, store, _ids = _home(tmp_path, "h", workers=2, parallel_min_records=1)
     summary = validate_spec(db, store, settings, VEHICLE)
 
     class Killed(subprocess.Popen):  # type: ignore[type-arg]
