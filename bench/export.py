@@ -9,7 +9,8 @@ content-addressed: its sha256 is that of its bytes). Then, each in its own proce
 
 * labelloop at 1/10 and at the full size: ``validate_spec`` (Great Expectations, streamed in
   chunks) + ``export_dataset`` (three formats, checker, card, images referenced in the spec's
-  pool, manifest last); then, at the full size, one record changed, validated and exported again:
+  pool, manifest last; built by worker processes, ``export.workers``); peak RSS is that of the
+  whole process tree, summed (sampled); then, at the full size, one record changed, validated and exported again:
   the second version's new image bytes (new inodes under ``datasets/``) and all its new bytes;
 * baselines on the same DB: the records streamed and written with plain ``json.dumps`` to a JSONL
   file (the least an exporter does), and the same plus a plain copy of each record's image.
@@ -31,6 +32,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -153,6 +155,46 @@ def _inodes(root: Path) -> dict[int, int]:
     return out
 
 
+class TreeRSS:
+    """Peak of the summed RSS of this process and its descendants (the export's worker
+    processes), sampled every 20 ms: ``ru_maxrss`` alone would leave the workers out."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        total = 0
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # a worker that just exited
+                pass
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self._sample()
+
+    def __enter__(self) -> TreeRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def peak_mb(self) -> float:
+        # the sampler can miss a short spike of the main process: its own ru_maxrss bounds it
+        return max(self.peak / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def child_labelloop(home: Path, limit: int, second: bool) -> dict:
     from sqlalchemy import delete, select
 
@@ -173,11 +215,12 @@ def child_labelloop(home: Path, limit: int, second: bool) -> dict:
     spec = SpecRegistry().get(SPEC)
     import great_expectations  # noqa: F401  - import time (seconds) is not validation work
 
-    t0 = time.perf_counter()
-    summary = validate_spec(db, store, settings, spec)
-    t1 = time.perf_counter()
-    result = export_dataset(db, store, settings, spec, validation_run_id=summary.validation_run_id)
-    t2 = time.perf_counter()
+    with TreeRSS() as rss:
+        t0 = time.perf_counter()
+        summary = validate_spec(db, store, settings, spec)
+        t1 = time.perf_counter()
+        result = export_dataset(db, store, settings, spec, validation_run_id=summary.validation_run_id)
+        t2 = time.perf_counter()
     assert result.created, result.reason
     out = {
         "records": summary.n_records,
@@ -186,7 +229,10 @@ def child_labelloop(home: Path, limit: int, second: bool) -> dict:
         "validate_s": t1 - t0,
         "export_s": t2 - t1,
         "images_stored": result.counts["images_stored"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # every process of the export (the main one and its workers), summed
+        "peak_rss_mb": rss.peak_mb,
+        "main_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
     if second:  # change one record, validate and export again: what does the new version write?
         datasets = settings.storage.root / "datasets"
