@@ -22,6 +22,7 @@ records/s), ``rss_growth`` (peak RSS full / 1/10), ``second_version_image_bytes`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -170,10 +171,8 @@ class TreeRSS:
     def _sample(self) -> None:
         total = 0
         for p in [self.me, *self.me.children(recursive=True)]:
-            try:
+            with contextlib.suppress(Exception):  # a worker that just exited
                 total += p.memory_info().rss
-            except Exception:  # a worker that just exited
-                pass
         self.peak = max(self.peak, total)
 
     def _run(self) -> None:
