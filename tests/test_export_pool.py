@@ -289,3 +289,31 @@ def test_documents_are_exported_page_by_page(sqlite_db: Database, tmp_path: Path
     assert "| human | 1 | 25.0% |" in card and "| auto | 2 | 50.0% |" in card  # pages by provenance
     assert "2 page(s) auto-accepted under an uncalibrated manual threshold." in card
     assert done.sha256 != auto.sha256
+
+
+def test_header_sizes_read_directly_agree_with_pillow() -> None:
+    """PNG and JPEG sizes parsed from the first 16 KB (progressive, EXIF, a large ICC profile
+    before the frame) are Pillow's; what the direct reader does not know it leaves to Pillow."""
+    import io
+    import random
+
+    from PIL import Image
+
+    from labelloop.export.images import _direct_size, _pil_size
+
+    rng = random.Random(3)
+    for fmt in ("PNG", "JPEG") * 40:
+        w, h = rng.randint(1, 2500), rng.randint(1, 2500)
+        buf = io.BytesIO()
+        extra: dict[str, Any] = {}
+        if fmt == "JPEG":
+            extra = {"progressive": rng.random() < 0.5, "exif": Image.Exif().tobytes()}
+            if rng.random() < 0.4:
+                extra["icc_profile"] = rng.randbytes(3000)
+        Image.new("RGB", (w, h), (rng.randrange(256), 0, 0)).save(buf, fmt, **extra)
+        assert _direct_size(buf.getvalue()[:16384]) == (w, h), (fmt, w, h)
+    webp = io.BytesIO()
+    Image.new("RGB", (33, 17)).save(webp, "WEBP")
+    assert _direct_size(webp.getvalue()) is None
+    assert _pil_size(webp.getvalue(), "PNG") == (33, 17), "a wrong extension falls back to Pillow's probe"
+    assert _direct_size(b"\xff\xd8\xff\xd9") is None and _direct_size(b"\x89PNG\r\n\x1a\n") is None

@@ -111,8 +111,12 @@ def _json_record(spec: TaskSpec, record: dict[str, Any], box: BoxFn) -> dict[str
     return out
 
 
+#: ``json.dumps(obj, ensure_ascii=False)``, without building an encoder per call (three answers a record)
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def serialize(obj: Any) -> str:
-    return obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return obj if isinstance(obj, str) else _encode(obj)
 
 
 def trainer_answer(spec: TaskSpec, record: dict[str, Any], page: int | None, box: BoxFn) -> str:
@@ -165,7 +169,7 @@ def swift_answer(spec: TaskSpec, record: dict[str, Any], page: int | None) -> Sw
         else:
             pieces.append(SWIFT_REF)
             # inside a JSON string: escape as JSON would, so the substituted answer still parses
-            out.refs.append(json.dumps(str(labels[int(m.group(2))]), ensure_ascii=False)[1:-1])
+            out.refs.append(_encode(str(labels[int(m.group(2))]))[1:-1])
         last = m.end()
     pieces.append(text[last:])
     out.text = "".join(pieces)

@@ -11,10 +11,13 @@ import hashlib
 import json
 from typing import Any
 
+#: one encoder for every call (``json.dumps`` with options builds a new one each time)
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
 
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 kept, NaN refused (JSON has no NaN)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _encode(value)
 
 
 def record_hash(record: Any) -> str:
