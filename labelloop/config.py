@@ -311,6 +311,13 @@ class DocumentSettings(_Section):
         description="Cap on the long side of the OCR rendering (RapidOCR shrinks larger images "
         "anyway, so rendering beyond it only costs time).",
     )
+    ocr_detect_max_side_px: int = Field(
+        1600,
+        ge=256,
+        description="Long side of the image RapidOCR's text detector sees (scaled down from the OCR "
+        "rendering; lines are still read from the full rendering). Its memory grows with the pixels: "
+        "at 2000 px the detector alone needs ~400 MB.",
+    )
 
 
 class LabelStudioSettings(_Section):

@@ -267,6 +267,10 @@ def test_identity_follows_render_dpi(sqlite_settings: Settings, store: LocalStor
     a = PyMuPDFLayoutBackend(sqlite_settings, store)
     b = PyMuPDFLayoutBackend(sqlite_settings.model_copy(update={"documents": DocumentSettings(render_dpi=200)}), store)
     assert a.supports(spec) and a.prompt_hash(spec) != b.prompt_hash(spec)
+    c = PyMuPDFLayoutBackend(
+        sqlite_settings.model_copy(update={"documents": DocumentSettings(ocr_detect_max_side_px=1000)}), store
+    )
+    assert c.prompt_hash(spec) != a.prompt_hash(spec), "the detector's scale changes the OCR, so the identity"
     assert a.model == "pymupdf4llm-layout" and re.match(
         r"pymupdf4llm-[\d.]+\+layout-[\d.]+\+rapidocr-[\d.]+", a.model_version
     )
@@ -317,3 +321,31 @@ def test_a_block_the_layout_model_did_not_score_is_zero_not_one(
     text_blocks = [b for b in result.blocks[0] if b.source == "text_layer"]
     assert text_blocks and all(b.score == UNSCORED_BLOCK_SCORE == 0.0 for b in text_blocks)
     assert result.detail["pages"][0]["unscored_blocks"] == len(result.blocks[0])
+
+
+def test_the_detector_sees_the_page_at_ocr_detect_max_side_px(sample_data: Path) -> None:
+    """The detector's input tensor is scaled to the setting (the memory lever, see
+    bench/documents.py --memory) while the lines are still read: recorded at RapidOCR's session."""
+    from labelloop.documents.ocr import PageOCR
+    from labelloop.documents.render import page_geometry
+
+    doc = pymupdf.open(sample_data / "documents" / "mineru-small_ocr.pdf")
+    try:
+        geom = page_geometry(doc[0], 144, "0" * 64)
+        for cap in (1600, 640):
+            ocr = PageOCR(DocumentSettings(ocr_detect_max_side_px=cap))
+            ocr.read_page(doc[0], geom)  # RapidOCR builds its detector on first use
+            det = ocr._get_engine().text_det
+            shapes: list[tuple[int, ...]] = []
+            run = det.session
+
+            def record(x: Any, run: Any = run, shapes: list[tuple[int, ...]] = shapes) -> Any:
+                shapes.append(tuple(x.shape))
+                return run(x)
+
+            det.session = record
+            lines, _ = ocr.read_page(doc[0], geom)
+            assert len(shapes) == 1 and cap - 32 < max(shapes[0][2:]) <= cap, (cap, shapes)
+            assert sum(len(CJK.findall(ln.text)) for ln in lines) > 300
+    finally:
+        doc.close()

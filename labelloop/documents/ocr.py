@@ -1,8 +1,9 @@
 """OCR of pages without a usable text layer (scans), with RapidOCR's per-line scores.
 
 RapidOCR ships its ONNX models in the wheel, so this runs offline. The page is rendered at
-``ocr_dpi`` capped so the long side stays within ``ocr_max_side_px`` (RapidOCR downsizes larger
-images anyway), and the line boxes are mapped to the record's page pixels. Lines are grouped into
+``ocr_dpi`` capped so the long side stays within ``ocr_max_side_px``; the text detector runs on
+that rendering scaled to ``ocr_detect_max_side_px`` (memory), the recognizer on the lines cut
+from the full rendering (accuracy), and the line boxes are mapped to the record's page pixels. Lines are grouped into
 paragraph blocks; a block's score is the minimum of its lines' scores (a field derived from lines
 is as weak as its weakest line).
 """
@@ -47,7 +48,16 @@ class PageOCR:
         if self._engine is None:
             from rapidocr import RapidOCR
 
-            self._engine = RapidOCR(params={"Global.log_level": "warning"})
+            # the detector sees the page with its long side at most ocr_detect_max_side_px (RapidOCR's
+            # default never scales a page down: at 2000 px its activations take ~400 MB, most of
+            # the backend's peak); recognition still reads each line from the full rendering
+            self._engine = RapidOCR(
+                params={
+                    "Global.log_level": "warning",
+                    "Det.limit_type": "max",
+                    "Det.limit_side_len": self.settings.ocr_detect_max_side_px,
+                }
+            )
         return self._engine
 
     def dpi_for(self, geom: PageGeometry) -> float:

@@ -48,6 +48,7 @@ class PyMuPDFLayoutBackend(DocumentBackend):
             "ocr_min_chars": d.ocr_min_chars,
             "ocr_dpi": d.ocr_dpi,
             "ocr_max_side_px": d.ocr_max_side_px,
+            "ocr_detect_max_side_px": d.ocr_detect_max_side_px,
         }
 
     @property
