@@ -165,3 +165,22 @@ def test_a_failing_or_killed_worker_fails_the_export_and_a_rerun_publishes(
 
 class _TestOnlyStore(LocalStore):
     """Pickles in this process; the worker cannot import this test module, so unpickling fails."""
+
+
+def test_a_sharded_build_on_postgresql_and_s3(
+    tmp_path: Path, pg_url: str, s3_store: Any, s3_settings: Any, job_counts: list[int]
+) -> None:
+    """Workers re-create the S3 store from its settings and connect to PostgreSQL themselves."""
+    settings = make_settings(tmp_path, db_url=pg_url, workers=2, parallel_min_records=1)
+    settings.storage = s3_settings
+    db = Database(settings.db)
+    db.upgrade()
+    try:
+        vehicle_items(db, s3_store, 9)
+        result = _export(settings, db, s3_store)
+        assert job_counts == [2]
+        assert result.created and result.counts["records"] == 9 and result.counts["images_stored"] == 9
+        assert result.uri.startswith("s3://")
+        assert verify_version(s3_store, result.prefix) == []
+    finally:
+        db.dispose()
