@@ -80,15 +80,17 @@ def iter_boxes(obj: Any, keys: frozenset[str]) -> Iterator[Any]:
             yield from iter_boxes(v, keys)
 
 
+#: JSON numbers as parsed (``type(v) in`` rather than isinstance: a bool is not a coordinate)
+_NUMBER = (int, float)
+
+
 def box_problem(box: Any, width: float, height: float) -> str | None:
     """Why ``box`` is not an ordered [x1, y1, x2, y2] inside width x height, or None."""
-    if not (
-        isinstance(box, list)
-        and len(box) == 4
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
-    ):
+    if type(box) is not list or len(box) != 4:
         return f"box {box!r} is not 4 numbers"
     x1, y1, x2, y2 = box
+    if not (type(x1) in _NUMBER and type(y1) in _NUMBER and type(x2) in _NUMBER and type(y2) in _NUMBER):
+        return f"box {box!r} is not 4 numbers"
     if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
         return f"box {box} is outside {width}x{height} or not ordered"
     return None
@@ -102,6 +104,7 @@ class ExportChecker:
         self.json_answers = spec.export.answer in ("json", "grounding")
         self.video = spec.media == "video"
         self.token = "<video>" if self.video else IMAGE_TOKEN
+        self._answer_tags = tuple(sorted({self.token, IMAGE_TOKEN}))
         self._last: tuple[Any, list[str]] = (None, [])
         media = "video" if self.video else "image"
         #: per format: turns key, role key, text key, (user, assistant), media key, allowed keys
@@ -169,7 +172,7 @@ class ExportChecker:
                 if self.video and IMAGE_TOKEN in text:
                     out.append(f"turn {i} has an {IMAGE_TOKEN} placeholder in a video sample")
             else:
-                for tag in sorted({token, IMAGE_TOKEN}):
+                for tag in self._answer_tags:
                     if tag in text:
                         out.append(f"answer turn {i} contains {tag}")
                 answers.append(text)

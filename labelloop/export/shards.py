@@ -16,11 +16,13 @@ indexed, so the rerun reuses them.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +176,12 @@ def build_sharded(
         )
         for i, rng in enumerate(_ranges(cuts))
     ]
+    # this process only waits while the workers build: meanwhile, import what the dataset card
+    # draws with (matplotlib takes a second or two to import)
+    warm = threading.Thread(target=_import_card_modules, name="labelloop-export-warm", daemon=True)
+    warm.start()
     outcomes = run_workers(jobs, workers, spec.name)
+    warm.join()
     for o in outcomes:
         if (o.digest, o.members) != (plan.shard_digests[o.index], plan.shard_members[o.index]):
             raise ExportError(
@@ -182,6 +189,11 @@ def build_sharded(
                 "run the export again"
             )
     return _join(outcomes, settings, spec, tmp, dataset_name, stats)
+
+
+def _import_card_modules() -> None:
+    with contextlib.suppress(Exception):  # the card imports it again and reports a failure itself
+        import matplotlib.figure  # noqa: F401
 
 
 #: how often the parent looks at its workers
