@@ -98,7 +98,14 @@ def export(
         int | None, typer.Option(help="Export from this validation run instead of validating now.")
     ] = None,
     max_failed_share: MaxFailedOpt = None,
-    threads: Annotated[int, typer.Option(min=1, help="Parallel image writes.")] = 16,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Threads per export process for image copies on S3 (a local store links inline; "
+            "processes: export.workers).",
+        ),
+    ] = 16,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, check the quality gate, and publish an immutable dataset version (only when the records changed)."""
