@@ -8,7 +8,6 @@ backends run their work in worker threads, so every PyMuPDF call goes through
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import pymupdf
 
 from labelloop.documents.memory import release_memory
 from labelloop.documents.record import page_image_key
+from labelloop.image_size import png_size
 from labelloop.storage import ObjectNotFound, ObjectStore
 
 #: serialises PyMuPDF use across threads (MuPDF contexts are not shared-thread safe)
@@ -136,13 +136,6 @@ def render_png(page: pymupdf.Page, dpi: int) -> bytes:
     with PYMUPDF_LOCK:
         pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csRGB, alpha=False)
         return pix.tobytes("png")
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG header; raises ValueError for anything else."""
-    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        raise ValueError("not a PNG")
-    return struct.unpack(">II", data[16:24])
 
 
 def store_page_images(
